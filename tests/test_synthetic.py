@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from attnwav2lip import synthetic as syn
-from attnwav2lip.synthetic import (SPLITS, VISEME_PARAMS, VISEMES, VOICE_ACCENTS, VOICE_VARIANTS, ESpeak, FaceRenderer,
+from attnwav2lip.synthetic import (JUDGE_SPLIT, SPLITS, VISEME_PARAMS, VISEMES, VOICE_ACCENTS, VOICE_VARIANTS, ESpeak, FaceRenderer,
                                    SynthConfig, cli_synth, generate_corpus, random_identity, read_clip, speak,
                                    split_speakers, synthesize_clip, random_speaker, viseme_track)
 
@@ -77,6 +77,54 @@ def test_splits_are_disjoint_by_speaker_and_identity(corpus):
     for s in SPLITS:
         assert summary["splits"][s]["clips"] == len(lists[s]) and summary["splits"][s]["speakers"] == len(speakers[s])
         for n in lists[s]: assert json.loads((root / "main" / f"{n}.json").read_text())["split"] == s
+
+
+def test_judge_speakers_are_extra_and_leave_the_rest_unchanged(corpus, tmp_path):
+    root, summary = corpus
+    judged = tmp_path / "judged"
+    with_judge = generate_corpus(judged, n_speakers=5, clips_per_speaker=2, seed=3, cfg=SMALL, val_fraction=0.2,
+                                 test_fraction=0.2, progress=False, judge_speakers=2)
+    judge = (judged / "judge.txt").read_text().split()
+    assert judge == ["jdg000/00001", "jdg000/00002", "jdg001/00001", "jdg001/00002"]
+    # the judge clips are additions: every other clip and filelist keeps its bytes
+    assert _clips(judged) == sorted(_clips(root) + judge)
+    for name in _clips(root):
+        for ext in (".mp4", ".json"):
+            assert (judged / "main" / f"{name}{ext}").read_bytes() == (root / "main" / f"{name}{ext}").read_bytes(), name
+    for s in SPLITS: assert (judged / f"{s}.txt").read_bytes() == (root / f"{s}.txt").read_bytes()
+    # disjoint from the other splits by name, face and voice
+    others = [n for s in SPLITS for n in (root / f"{s}.txt").read_text().split()]
+    gt = lambda n: json.loads((judged / "main" / f"{n}.json").read_text())
+    assert not {n.split("/")[0] for n in judge} & {n.split("/")[0] for n in others}
+    key = lambda g: json.dumps([g["identity"], g["voice"]], sort_keys=True)
+    assert not {key(gt(n)) for n in judge} & {key(gt(n)) for n in others}
+    assert {gt(n)["split"] for n in judge} == {JUDGE_SPLIT} and gt(judge[0])["generator"] == gt(others[0])["generator"]
+    # summary and README gain the judge row; the other rows are as before
+    assert with_judge["judge_speakers"] == 2 and with_judge["splits"][JUDGE_SPLIT] == {
+        "speakers": 2, "clips": 4, "frames": sum(gt(n)["n_frames"] for n in judge),
+        "seconds": round(sum(gt(n)["duration"] for n in judge), 2)}
+    assert {s: with_judge["splits"][s] for s in SPLITS} == summary["splits"]
+    assert with_judge["total"]["speakers"] == 7 and with_judge["total"]["clips"] == 14
+    readme = (judged / "README.md").read_text()
+    assert "--judge-speakers 2" in readme and "| judge | 2 | 4 |" in readme and "evaluation judge" in readme
+
+
+def test_default_corpus_has_no_judge_split(corpus, tmp_path):
+    root, summary = corpus
+    assert not (root / "judge.txt").exists() and JUDGE_SPLIT not in summary["splits"] and "judge_speakers" not in summary
+    assert "judge" not in (root / "README.md").read_text()
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    generate_corpus(copy, n_speakers=5, clips_per_speaker=1, seed=3, cfg=SMALL, val_fraction=0.2, test_fraction=0.2,
+                    progress=False, judge_speakers=1)
+    assert (copy / "judge.txt").read_text() == "jdg000/00001\n"
+    generate_corpus(copy, n_speakers=5, clips_per_speaker=2, seed=3, cfg=SMALL, val_fraction=0.2, test_fraction=0.2,
+                    progress=False)                                   # back to no judge: its stale filelist goes
+    assert not (copy / "judge.txt").exists()
+    for f in ["summary.json"] + [f"{s}.txt" for s in SPLITS]:
+        assert (copy / f).read_bytes() == (root / f).read_bytes(), f
+    assert (copy / "README.md").read_text().replace(str(copy), str(root)) == (root / "README.md").read_text()
 
 
 def test_split_speakers_counts():
@@ -168,7 +216,8 @@ def test_bad_config(kw, msg):
 
 def test_bad_corpus_arguments(tmp_path):
     for kw, msg in ((dict(n_speakers=1), "n_speakers"), (dict(clips_per_speaker=0), "clips_per_speaker"),
-                    (dict(seed=-1), "seed"), (dict(n_speakers=2.5), "n_speakers")):
+                    (dict(seed=-1), "seed"), (dict(n_speakers=2.5), "n_speakers"),
+                    (dict(judge_speakers=-1), "judge_speakers"), (dict(judge_speakers=1.5), "judge_speakers")):
         with pytest.raises(ValueError, match=msg): generate_corpus(tmp_path / "x", **{"progress": False, **kw})
     assert not (tmp_path / "x").exists()
     blocker = tmp_path / "a_file"
@@ -191,6 +240,11 @@ def test_cli_generates_a_corpus(tmp_path):
     assert len(_clips(out)) == 2
     assert "attnwav2lip synth --out" in (out / "README.md").read_text()
     assert json.loads((out / "summary.json").read_text())["total"]["clips"] == 2
+    assert not (out / "judge.txt").exists()
+    cli_synth(["--out", str(out), "--speakers", "2", "--clips-per-speaker", "1", "--size", "64", "--min-seconds", "1",
+               "--max-seconds", "1.5", "--val-fraction", "0", "--judge-speakers", "1", "--quiet"])
+    assert (out / "judge.txt").read_text() == "jdg000/00001\n" and len(_clips(out)) == 3
+    assert "--judge-speakers 1" in (out / "README.md").read_text()
 
 
 def test_unreadable_inputs(tmp_path, monkeypatch):
