@@ -40,41 +40,60 @@ __all__ = ['SAMPLES_PER_FRAME', 'MFCC_PER_FRAME', 'LIP_FRAMES', 'MFCC_STEPS', 'O
 # %% ../nbs/08_lse.ipynb #165857e2
 @dataclass
 class SyncNetV2Config:
-    "The released SyncNet (`syncnet_v2.model`, 512-wide top layers since 2019)."
+    "The released SyncNet (`syncnet_v2.model`, 512-wide top layers since 2019); `img_size`/`width` give smaller same-keyed variants."
     embed_dim: int = 1024  # size of both embeddings (the official constructor's `num_layers_in_fc_layers`)
+    img_size: int = 224    # side of the lip tower's input frames (released: 224; ≥ 52 keeps every map ≥ 1 pixel)
+    width: float = 1.0     # multiplier on every channel count of both towers and the 512-wide layers (released: 1.0)
+
+    def __post_init__(self):
+        if not self.width > 0: raise ValueError(f"SyncNetV2Config.width must be > 0, got {self.width}")
+        if self.embed_dim < 1: raise ValueError(f"SyncNetV2Config.embed_dim must be >= 1, got {self.embed_dim}")
+        if self.lip_map_side() < 1:
+            raise ValueError(f"SyncNetV2Config.img_size={self.img_size} is too small: the lip tower needs at least 52 pixels")
+
+    def channels(self, c: int) -> int: return max(1, round(c * self.width))  # an official channel count at this width
+
+    def lip_map_side(self) -> int:
+        "Side of the lip tower's map before its last convolution (6 at 224 px), which that convolution's kernel spans."
+        s = (self.img_size - 7) // 2 + 1          # conv 7×7 stride 2
+        s = (s - 3) // 2 + 1                      # max-pool 3 stride 2
+        s = (s + 2 - 5) // 2 + 1                  # conv 5×5 stride 2 pad 1
+        s = (s + 2 - 3) // 2 + 1                  # max-pool 3 stride 2 pad 1 (three 3×3 convs keep the side)
+        return (s - 3) // 2 + 1                   # max-pool 3 stride 2
 
 
 def _bn_relu(bn: type, c: int) -> list: return [bn(c), nn.ReLU()]
 
 
 class SyncNetV2(nn.Module):
-    "Chung & Zisserman's SyncNet as released in `syncnet_v2.model`: audio (N,1,13,20) and lips (N,3,5,224,224) → (N,1024) each."
+    "Chung & Zisserman's SyncNet as released in `syncnet_v2.model`: audio (N,1,13,20) and lips (N,3,5,S,S) → (N,embed_dim) each (S = 224, 1024-d by default)."
     def __init__(self, cfg: SyncNetV2Config = SyncNetV2Config()):
         super().__init__()
         self.cfg = cfg
-        BN2, BN3 = nn.BatchNorm2d, nn.BatchNorm3d
+        BN2, BN3, c = nn.BatchNorm2d, nn.BatchNorm3d, cfg.channels
+        k = cfg.lip_map_side()
         self.netcnnaud = nn.Sequential(                                       # (N,1,13,20): MFCC × time
-            nn.Conv2d(1, 64, 3, 1, 1), *_bn_relu(BN2, 64), nn.MaxPool2d(1, 1),
-            nn.Conv2d(64, 192, 3, 1, 1), *_bn_relu(BN2, 192), nn.MaxPool2d(3, (1, 2)),   # → 11×9
-            nn.Conv2d(192, 384, 3, 1, 1), *_bn_relu(BN2, 384),
-            nn.Conv2d(384, 256, 3, 1, 1), *_bn_relu(BN2, 256),
-            nn.Conv2d(256, 256, 3, 1, 1), *_bn_relu(BN2, 256), nn.MaxPool2d(3, 2),       # → 5×4
-            nn.Conv2d(256, 512, (5, 4), 1, 0), *_bn_relu(BN2, 512))                      # → 1×1
-        self.netfcaud = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, cfg.embed_dim))
-        self.netfclip = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, cfg.embed_dim))
+            nn.Conv2d(1, c(64), 3, 1, 1), *_bn_relu(BN2, c(64)), nn.MaxPool2d(1, 1),
+            nn.Conv2d(c(64), c(192), 3, 1, 1), *_bn_relu(BN2, c(192)), nn.MaxPool2d(3, (1, 2)),   # → 11×9
+            nn.Conv2d(c(192), c(384), 3, 1, 1), *_bn_relu(BN2, c(384)),
+            nn.Conv2d(c(384), c(256), 3, 1, 1), *_bn_relu(BN2, c(256)),
+            nn.Conv2d(c(256), c(256), 3, 1, 1), *_bn_relu(BN2, c(256)), nn.MaxPool2d(3, 2),       # → 5×4
+            nn.Conv2d(c(256), c(512), (5, 4), 1, 0), *_bn_relu(BN2, c(512)))                      # → 1×1
+        self.netfcaud = nn.Sequential(nn.Linear(c(512), c(512)), nn.BatchNorm1d(c(512)), nn.ReLU(), nn.Linear(c(512), cfg.embed_dim))
+        self.netfclip = nn.Sequential(nn.Linear(c(512), c(512)), nn.BatchNorm1d(c(512)), nn.ReLU(), nn.Linear(c(512), cfg.embed_dim))
         self.netcnnlip = nn.Sequential(                                       # (N,3,5,224,224): BGR × time × H × W
-            nn.Conv3d(3, 96, (5, 7, 7), (1, 2, 2), 0), *_bn_relu(BN3, 96),               # → 1×109×109
-            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),                                           # → 54
-            nn.Conv3d(96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)), *_bn_relu(BN3, 256),    # → 26
-            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),                                # → 13
-            nn.Conv3d(256, 256, (1, 3, 3), 1, (0, 1, 1)), *_bn_relu(BN3, 256),
-            nn.Conv3d(256, 256, (1, 3, 3), 1, (0, 1, 1)), *_bn_relu(BN3, 256),
-            nn.Conv3d(256, 256, (1, 3, 3), 1, (0, 1, 1)), *_bn_relu(BN3, 256),
-            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),                                           # → 6
-            nn.Conv3d(256, 512, (1, 6, 6), 1, 0), *_bn_relu(BN3, 512))                   # → 1×1×1
+            nn.Conv3d(3, c(96), (5, 7, 7), (1, 2, 2), 0), *_bn_relu(BN3, c(96)),                 # → 1×109×109
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),                                                   # → 54
+            nn.Conv3d(c(96), c(256), (1, 5, 5), (1, 2, 2), (0, 1, 1)), *_bn_relu(BN3, c(256)),   # → 26
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),                                        # → 13
+            nn.Conv3d(c(256), c(256), (1, 3, 3), 1, (0, 1, 1)), *_bn_relu(BN3, c(256)),
+            nn.Conv3d(c(256), c(256), (1, 3, 3), 1, (0, 1, 1)), *_bn_relu(BN3, c(256)),
+            nn.Conv3d(c(256), c(256), (1, 3, 3), 1, (0, 1, 1)), *_bn_relu(BN3, c(256)),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),                                                   # → 6
+            nn.Conv3d(c(256), c(512), (1, k, k), 1, 0), *_bn_relu(BN3, c(512)))                  # → 1×1×1
 
     def forward_aud(self, x): return self.netfcaud(self.netcnnaud(x).flatten(1))  # (N,1,13,20) MFCC → (N,embed_dim)
-    def forward_lip(self, x): return self.netfclip(self.netcnnlip(x).flatten(1))  # (N,3,5,224,224) BGR 0–255 → (N,embed_dim)
+    def forward_lip(self, x): return self.netfclip(self.netcnnlip(x).flatten(1))  # (N,3,5,S,S) BGR 0–255 → (N,embed_dim)
     def forward(self, audio, lips): return self.forward_aud(audio), self.forward_lip(lips)
 
 # %% ../nbs/08_lse.ipynb #c6ac9f69

@@ -230,7 +230,7 @@ def preprocess_clip(video: str | Path, # input video
     return meta
 
 # %% ../nbs/05_preprocess.ipynb #c7663e0f
-SPLITS = ("train", "val", "test", "pretrain")
+SPLITS = ("train", "val", "test", "pretrain", "judge")
 
 def clip_id(path: Path) -> str:
     "`<parent>/<stem up to the first dot>`, Wav2Lip's output naming."
