@@ -1,4 +1,4 @@
-"""The evaluation judge: config rules, splits, batches and masks, the contrastive loss, audio shifts, a short training run."""
+"""The evaluation judge: config rules, splits, views, batches and masks, both losses, audio shifts, short training runs."""
 import json
 from pathlib import Path
 
@@ -9,11 +9,15 @@ import soundfile as sf
 import torch
 import yaml
 
-from attnwav2lip.judge import (JudgeConfig, SyncClip, cli_train_judge, contrastive_loss, judge_report, judge_split, load_judge,
-                               padded_pairs, pair_distances, sample_batch, shift_audio, split_clips, train_judge)
-from attnwav2lip.lse import LSEConfig, OracleSync, SyncNetV2, SyncNetV2Config, lse_scores_av, oracle_av
+from attnwav2lip.judge import (JudgeConfig, SyncClip, cli_train_judge, contrastive_loss, judge_lse_config, judge_report,
+                               judge_split, load_judge, load_sync_clip, multiway_loss, padded_pairs, pair_distances,
+                               sample_batch, shift_audio, split_clips, train_judge)
+from attnwav2lip.faces import get_detector
+from attnwav2lip.lse import (LSEConfig, OracleSync, SyncNetV2, SyncNetV2Config, face_crops, lse_scores_av, oracle_av,
+                             read_video_frames)
 
 torch.set_num_threads(2)
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "synthetic"
 
 
 # ---------------------------------------------------------------- a tiny LRS2-layout corpus
@@ -75,6 +79,7 @@ def test_config_refuses_forbidden_splits_and_bad_sizes():
     with pytest.raises(ValueError, match="too small"): JudgeConfig(img_size=48)
     with pytest.raises(ValueError, match="windows_per_clip"): JudgeConfig(windows_per_clip=1)
     with pytest.raises(ValueError, match="margin"): JudgeConfig(margin=0)
+    with pytest.raises(ValueError, match="loss must be"): JudgeConfig(loss="triplet")
     cfg = JudgeConfig(img_size=96, width=0.25, embed_dim=64)
     assert cfg.model_config() == SyncNetV2Config(embed_dim=64, img_size=96, width=0.25)
 
@@ -127,6 +132,21 @@ def test_contrastive_loss_values():
     with pytest.raises(ValueError, match="at least one true"): contrastive_loss(d, torch.zeros_like(true), false)
 
 
+def test_multiway_loss_values():
+    d = torch.tensor([[0.5, 2.0, 9.0], [1.0, 0.0, 3.0], [4.0, 1.0, 2.0]])
+    true = torch.eye(3, dtype=torch.bool)
+    false = torch.tensor([[False, True, False], [True, False, True], [True, True, False]])  # (0,2) is not a candidate
+    logits = (-d).masked_fill(~(true | false), float("-inf"))
+    rows = -torch.log_softmax(logits, 1).diag().mean()
+    cols = -torch.log_softmax(logits, 0).diag().mean()
+    assert multiway_loss(d, true, false).item() == pytest.approx(0.5 * (rows + cols).item())
+    # by hand, row 0: its own distance 0.5 against the one candidate at 2.0
+    assert -torch.log_softmax(logits, 1)[0, 0].item() == pytest.approx(np.log1p(np.exp(0.5 - 2.0)))
+    with pytest.raises(ValueError, match="off-sync candidate in every row"): multiway_loss(d, true, torch.zeros_like(false))
+    # a collapsed judge (all distances equal) pays log(number of candidates)
+    assert multiway_loss(torch.ones(4, 4), torch.eye(4, dtype=torch.bool), ~torch.eye(4, dtype=torch.bool)).item() == pytest.approx(np.log(4))
+
+
 def test_distances_match_the_scoring_convention():
     v, a = torch.randn(4, 8), torch.randn(4, 8)
     d = pair_distances(v, a)
@@ -151,7 +171,8 @@ def test_shift_longer_than_the_audio_is_silence():
 
 # ---------------------------------------------------------------- training, checkpoint, report
 def test_train_judge_run_folder_and_round_trip(tmp_path, corpus):
-    cfg = JudgeConfig(corpus=str(corpus), steps=4, batch_clips=2, windows_per_clip=4, log_every=2, eval_videos=2, eval_shift=2)
+    cfg = JudgeConfig(corpus=str(corpus), steps=4, batch_clips=2, windows_per_clip=4, log_every=2, eval_videos=2, eval_shift=2,
+                      crop_faces=False)   # the oracle clips have no face
     with pytest.warns(UserWarning, match="no judge split"): res = train_judge(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"
     assert {"config.yaml", "latest.pth", "metrics.json", "metrics.jsonl", "report"} <= {p.name for p in run.iterdir()}
@@ -163,17 +184,38 @@ def test_train_judge_run_folder_and_round_trip(tmp_path, corpus):
     assert {"state_dict", "optimizer", "global_step", "config", "version", "format"} <= set(ckpt)
     judge = load_judge(run / "latest.pth")
     assert judge.cfg == cfg.model_config() and not judge.training
+    assert judge_lse_config(judge) == cfg.lse_config() and not judge_lse_config(judge).crop_faces
     assert all(torch.equal(judge.state_dict()[k], v) for k, v in ckpt["state_dict"].items())
     assert json.loads((run / "report" / "judge_report.json").read_text())["summary"]["n_videos"] == 2
 
 
-def test_judge_loss_falls_on_learnable_data(tmp_path, corpus):
+@pytest.mark.parametrize("loss", ["multiway", "contrastive"])
+def test_judge_loss_falls_on_learnable_data(tmp_path, corpus, loss):
     "The oracle clips are easy: a few dozen steps must lower the loss."
     cfg = JudgeConfig(corpus=str(corpus), steps=40, batch_clips=3, windows_per_clip=6, log_every=10, augment=False,
-                      eval_split="", lr=1e-3)
+                      eval_split="", lr=1e-3, crop_faces=False, loss=loss)
     train_judge(cfg, tmp_path / "run", progress=False)
     losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_face_track_view_of_a_corpus_clip():
+    path = split_clips(CORPUS, "judge")[0]
+    crop, whole = (load_sync_clip(path, JudgeConfig(crop_faces=c).lse_config()) for c in (True, False))
+    assert crop.frames.shape == whole.frames.shape and crop.frames.shape[1:] == (64, 64, 3)
+    assert crop.n_windows == whole.n_windows and np.array_equal(crop.mfcc, whole.mfcc)
+    frames, _ = read_video_frames(path)
+    assert np.array_equal(crop.frames, face_crops(frames, get_detector("blazeface").detect(frames), 0.4, 64))
+    # the face (a fifth of the 160-px frame's width) fills the crop: skin covers several times more of it
+    skin = np.array(json.loads(path.with_suffix(".json").read_text())["identity"]["skin"])[::-1]   # RGB → BGR
+    share = lambda f: np.mean(np.abs(f.astype(float) - skin).sum(-1) < 60)
+    assert share(crop.frames) > 3 * share(whole.frames)
+
+
+def test_face_track_view_of_a_faceless_clip_names_the_file(corpus):
+    path = split_clips(corpus, "test")[0]
+    with pytest.raises(ValueError, match=f"{path.name}.*no face"):
+        load_sync_clip(path, JudgeConfig().lse_config())
 
 
 def test_load_judge_takes_the_released_format(tmp_path):
@@ -193,6 +235,7 @@ def test_cli_train_judge(tmp_path, corpus, capsys):
     assert cli_train_judge(["--set", "judge.split=test", "--quiet"]) == 1
     assert "must not learn" in capsys.readouterr().err
     args = ["--run-dir", str(tmp_path / "r"), "--quiet", "--set", f"judge.corpus={corpus}", "--set", "judge.steps=2",
+            "--set", "judge.crop_faces=false",
             "--set", "judge.windows_per_clip=3", "--set", "judge.batch_clips=2", "--set", "judge.eval_split=''"]
     assert cli_train_judge(args) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 2
