@@ -142,7 +142,12 @@ def test_multiway_loss_values():
     assert multiway_loss(d, true, false).item() == pytest.approx(0.5 * (rows + cols).item())
     # by hand, row 0: its own distance 0.5 against the one candidate at 2.0
     assert -torch.log_softmax(logits, 1)[0, 0].item() == pytest.approx(np.log1p(np.exp(0.5 - 2.0)))
-    with pytest.raises(ValueError, match="off-sync candidate in every row"): multiway_loss(d, true, torch.zeros_like(false))
+    with pytest.raises(ValueError, match="at least one off-sync candidate"): multiway_loss(d, true, torch.zeros_like(false))
+    # a window with no candidate (here lip 0 / audio 0) is left out rather than counted as a free zero
+    lone = false.clone(); lone[0] = lone[:, 0] = False
+    lg = (-d).masked_fill(~(true | lone), float("-inf"))
+    expected = 0.5 * (-torch.log_softmax(lg, 1).diag()[1:].mean() - torch.log_softmax(lg, 0).diag()[1:].mean())
+    assert multiway_loss(d, true, lone).item() == pytest.approx(expected.item())
     # a collapsed judge (all distances equal) pays log(number of candidates)
     assert multiway_loss(torch.ones(4, 4), torch.eye(4, dtype=torch.bool), ~torch.eye(4, dtype=torch.bool)).item() == pytest.approx(np.log(4))
 
