@@ -305,7 +305,8 @@ def load_judge(path_or_ckpt, # a judge run's checkpoint (.pth or dict), or the r
         if not path.is_file(): raise FileNotFoundError(f"{path}: judge checkpoint not found")
         try: ckpt = load_checkpoint(path)
         except ValueError: return load_syncnet_v2(path, device)   # a whole pickled official model
-    if "state_dict" not in ckpt: return load_syncnet_v2(ckpt, device)   # a bare state dict (syncnet_v2.model)
+    if "state_dict" not in ckpt:   # a bare state dict (syncnet_v2.model): read from the file, so errors name it
+        return load_syncnet_v2(ckpt if isinstance(path_or_ckpt, Mapping) else path, device)
     config = ckpt.get("config") or {}
     model = load_syncnet_v2(ckpt["state_dict"], device, SyncNetV2Config(**(config.get("model") or {})))
     view = {k: v for k, v in (config.get("judge") or {}).items() if k in ("crop_faces", "crop_scale", "detector")}

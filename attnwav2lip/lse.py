@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import subprocess
+import sys
 import tempfile
 import types
 import warnings
@@ -565,18 +566,22 @@ def cli_lse(argv=None):
     "Score videos with SyncNet (LSE-D / LSE-C) and write one aggregated report."
     p = argparse.ArgumentParser(prog="attnwav2lip lse", description=cli_lse.__doc__)
     p.add_argument("inputs", nargs="+", help="video files, folders (searched recursively) or .txt filelists")
-    p.add_argument("--weights", required=True, help="syncnet_v2.model (or a checkpoint with the same state-dict keys)")
+    p.add_argument("--weights", required=True, help="syncnet_v2.model, a checkpoint with its state-dict keys, or a judge checkpoint")
     p.add_argument("--out", default="lse_report", help="report folder (lse_per_video.csv, lse_summary.json/.md)")
-    p.add_argument("--crop-faces", action="store_true", help="score face-track crops instead of the whole frame")
+    p.add_argument("--crop-faces", action="store_true", help="score face-track crops instead of the whole frame (a judge trained on crops always does)")
     p.add_argument("--detector", default="blazeface", help="face detector for --crop-faces")
     p.add_argument("--official-jpeg", action="store_true", help="decode frames via ffmpeg → JPEG → imread as the official scripts")
     p.add_argument("--vshift", type=int, default=15, help="offsets ±vshift frames are searched")
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
     a = p.parse_args(argv)
-    cfg = LSEConfig(vshift=a.vshift, batch_size=a.batch_size, crop_faces=a.crop_faces,
-                    official_jpeg=a.official_jpeg, detector=a.detector)
-    model = load_syncnet_v2(a.weights, a.device)
+    from attnwav2lip.judge import judge_lse_config, load_judge   # the judge module builds on this one
+    try: model = load_judge(a.weights, a.device)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"attnwav2lip lse: {e}", file=sys.stderr)
+        return 2
+    crop = dict(crop_faces=True, detector=a.detector) if a.crop_faces else {}
+    cfg = judge_lse_config(model, vshift=a.vshift, batch_size=a.batch_size, official_jpeg=a.official_jpeg, **crop)
     s = score_videos(a.inputs, model, a.out, cfg, meta=dict(weights=str(a.weights)))
     fmt = lambda k: "n/a" if s[k]["mean"] is None else f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
     print(f"LSE-D {fmt('lse_d')}  LSE-C {fmt('lse_c')}  ({s['n_scored']}/{s['n_videos']} videos scored) → {a.out}")

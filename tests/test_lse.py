@@ -431,7 +431,7 @@ def test_fps_warning_goes_to_notes(clips, oracle, tmp_path):
     assert row["status"] == "ok" and "30 fps" in row["notes"] and row["error"] == ""
 
 
-def test_cli(tmp_path, random_state, clips):
+def test_cli(tmp_path, random_state, clips, capsys, monkeypatch):
     frames = np.random.default_rng(8).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
     clip = write_av(tmp_path / "c.mkv", frames, oracle_av(CODES[:10])[1])
     torch.save(random_state, tmp_path / "syncnet_v2.model")
@@ -440,7 +440,29 @@ def test_cli(tmp_path, random_state, clips):
     s = json.loads((tmp_path / "out" / "lse_summary.json").read_text())
     assert s["n_scored"] == 1 and s["weights"].endswith("syncnet_v2.model") and math.isfinite(s["lse_d"]["mean"])
     assert cli_lse([str(clips["silent"]), *args, str(tmp_path / "out2")]) == 1
-    with pytest.raises(FileNotFoundError): cli_lse([str(clip), "--weights", str(tmp_path / "none.model")])
+    monkeypatch.chdir(tmp_path)   # the failing calls below write no report into the default ./lse_report
+    assert cli_lse([str(clip), "--weights", str(tmp_path / "none.model")]) == 2
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    assert cli_lse([str(clip), "--weights", str(tmp_path / "other.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "none.model: judge checkpoint not found" in err and "other.pth does not match SyncNetV2" in err
+    assert not (tmp_path / "lse_report").exists()
+
+
+def test_cli_takes_a_judge_checkpoint_and_its_view(tmp_path, clips, monkeypatch):
+    "A train-judge checkpoint: its size and its face-track view come from the checkpoint."
+    from attnwav2lip.judge import JudgeConfig
+    cfg = JudgeConfig(img_size=64, width=0.0625, embed_dim=16)
+    torch.save({"state_dict": SyncNetV2(cfg.model_config()).state_dict(), "global_step": 1, "format": 1,
+                "config": {"judge": {"crop_faces": True, "crop_scale": 0.4, "detector": "blazeface"},
+                           "model": {"img_size": 64, "width": 0.0625, "embed_dim": 16}}}, tmp_path / "judge.pth")
+    seen = {}
+    def fake_score(inputs, model, out_dir, cfg, **kw):
+        seen.update(cfg=cfg, img=model.cfg.img_size)
+        return {"lse_d": {"mean": 1.0, "std": 0.0}, "lse_c": {"mean": 1.0, "std": 0.0}, "n_scored": 1, "n_videos": 1}
+    monkeypatch.setattr("attnwav2lip.lse.score_videos", fake_score)
+    assert cli_lse([str(clips["silent"]), "--weights", str(tmp_path / "judge.pth"), "--vshift", "7"]) == 0
+    assert seen["img"] == 64 and seen["cfg"] == LSEConfig(img_size=64, crop_faces=True, vshift=7)
 
 
 def test_score_videos_crop_path_with_injected_detector(clips, oracle, tmp_path):
