@@ -4,7 +4,7 @@ Trains `attnwav2lip.judge.train_judge` with the defaults of `JudgeConfig` (the e
 16 speakers no generator sees) changing only the view and the loss, then reports each judge on held-out `test`
 clips: LSE-D / LSE-C of the real clips, of the clips with the audio shifted ±6 frames, and of clips with another
 clip's audio (swapped); `offset_acc` is the share of real + shifted clips whose AV offset the judge finds exactly
-(a judge that learned nothing finds 0 everywhere: 1/3). Prints the table and writes bench/results/judge.md.
+(a collapsed judge finds 0 everywhere: 1/3). Prints the table and writes bench/results/judge.md.
 
     python bench/bench_judge.py [--steps 1000] [--threads 2] [--only crop/multiway]
 """
