@@ -25,8 +25,8 @@ from . import __version__
 from .faces import get_detector
 from .lse import (LIP_FRAMES, MFCC_PER_FRAME, MFCC_STEPS, SAMPLES_PER_FRAME, LSEConfig, SyncNetV2,
                              SyncNetV2Config, face_crops, load_syncnet_v2, lse_scores_av, lse_window_count,
-                             read_audio_int16, read_video_frames, syncnet_mfcc)
-from .train import (CHECKPOINT_FORMAT, RunLog, config_from_dict, load_checkpoint, load_params,
+                             read_audio_int16, read_syncnet_state, read_video_frames, syncnet_mfcc)
+from .train import (CHECKPOINT_FORMAT, RunLog, config_from_dict, load_params,
                                save_checkpoint, seed_everything, setup_runtime)
 
 # %% auto #0
@@ -299,14 +299,16 @@ def load_judge(path_or_ckpt, # a judge run's checkpoint (.pth or dict), or the r
                device=None, # None: CUDA when present, else CPU
               ) -> SyncNetV2:
     "The judge in eval mode; the architecture comes from the checkpoint's `config['model']` (released file: defaults)."
-    if isinstance(path_or_ckpt, Mapping): ckpt = path_or_ckpt
+    if isinstance(path_or_ckpt, Mapping): ckpt, source = path_or_ckpt, None
     else:
-        path = Path(path_or_ckpt)
-        if not path.is_file(): raise FileNotFoundError(f"{path}: judge checkpoint not found")
-        try: ckpt = load_checkpoint(path)
-        except ValueError: return load_syncnet_v2(path, device)   # a whole pickled official model
-    if "state_dict" not in ckpt:   # a bare state dict (syncnet_v2.model): read from the file, so errors name it
-        return load_syncnet_v2(ckpt if isinstance(path_or_ckpt, Mapping) else path, device)
+        source = Path(path_or_ckpt)
+        if not source.is_file(): raise FileNotFoundError(f"{source}: judge checkpoint not found")
+        ckpt = read_syncnet_state(source)   # read once: a judge checkpoint, a bare state dict or a whole pickled model
+    if "state_dict" not in ckpt:   # the released syncnet_v2.model
+        try: return load_syncnet_v2(ckpt, device)
+        except ValueError as e:
+            if source is None: raise
+            raise ValueError(f"{source}: {e}") from None
     config = ckpt.get("config") or {}
     model = load_syncnet_v2(ckpt["state_dict"], device, SyncNetV2Config(**(config.get("model") or {})))
     view = {k: v for k, v in (config.get("judge") or {}).items() if k in ("crop_faces", "crop_scale", "detector")}

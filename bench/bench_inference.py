@@ -12,7 +12,6 @@ Prints the tables and writes them to bench/results/inference.md.
 """
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ from attnwav2lip import __version__
 from attnwav2lip.faces import default_device
 from attnwav2lip.inference import InferenceGenerator, Mp4Writer, bf16_supported, lipsync
 from attnwav2lip.models import AttnWav2Lip, ModelConfig
+
+from _machine import cpu_name
 from attnwav2lip.synthetic import speak
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,9 +106,7 @@ def main(argv=None):
     cv2.setNumThreads(a.threads)
     device = default_device()
     load_before = os.getloadavg()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu}, {a.threads} threads"
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu_name()}, {a.threads} threads"
     lines = [f"# Inference speed (`attnwav2lip sync`, 96-px generator)", "",
              f"Machine: {where}; torch {torch.__version__}; attnwav2lip {__version__}; native bf16: "
              f"{bf16_supported(device)}; {time.strftime('%Y-%m-%d %H:%M')}. Random weights (speed does not depend on "

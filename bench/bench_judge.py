@@ -11,7 +11,6 @@ clip's audio (swapped); `offset_acc` is the share of real + shifted clips whose 
 import argparse
 import datetime
 import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import torch
 
 from attnwav2lip import __version__
 from attnwav2lip.judge import JudgeConfig, train_judge
+
+from _machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"crop/multiway": dict(crop_faces=True, loss="multiway"), "whole/multiway": dict(crop_faces=False, loss="multiway"),
@@ -48,7 +49,7 @@ def main(argv=None):
     table += [f"| {n} | " + " | ".join(f"{r[k]:.3f}" if k != "train_s" else f"{r[k]:.0f}" for k in COLS) + " |" for n, r in rows]
     text = "\n".join([
         "# The evaluation judge: view × loss", "",
-        f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, {a.threads} threads, "
+        f"Measured {datetime.date.today()} on {cpu_name()}, {a.threads} threads, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, attnwav2lip {__version__}; `python bench/bench_judge.py "
         f"--steps {a.steps}`.", "",
         f"Each judge: `JudgeConfig` defaults (img 64, width 0.125, embed 128, {a.steps} steps, lr 1e-3, the corpus's "

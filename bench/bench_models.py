@@ -24,6 +24,8 @@ import torch
 
 from attnwav2lip.models import VARIANTS, AttnWav2Lip, ModelConfig
 
+from _machine import cpu_name
+
 T = 5             # frames per training window (Wav2Lip)
 INFER_BATCH = 16  # frames per inference batch (Wav2Lip's inference default is 128; 16 keeps CPU runs short)
 SIZES = [         # (label, config without the variant, training windows per step)
@@ -31,14 +33,6 @@ SIZES = [         # (label, config without the variant, training windows per ste
     ('CPU: 48 px, width 0.5', dict(img_size=48, width=0.5), 8),
     ('CPU: 48 px, width 0.25', dict(img_size=48, width=0.25), 8),
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn) -> float:

@@ -7,9 +7,9 @@ the 2-thread torch work several times over.
 
     python bench/bench_pipeline.py
 """
+import argparse
 import datetime
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -19,12 +19,15 @@ from pathlib import Path
 
 import torch
 
+from _machine import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "pipeline.md"
 NOTES = "<!-- notes: kept when the report is regenerated -->"
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)   # --help, nothing else
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     dvc = str(Path(sys.executable).parent / "dvc")
     load = os.getloadavg()[0]
@@ -45,7 +48,7 @@ def main():
     rows = [f"| {name} | {(end if end is not None else total) - start:.0f} |" for name, start, end in stages]
     text = "\n".join([
         "# Wall time of the default pipeline (`dvc repro -f`, embedded corpus, CPU size)", "",
-        f"Measured {datetime.date.today()} with `python bench/bench_pipeline.py` on {platform.machine()}, {os.cpu_count()} cores, "
+        f"Measured {datetime.date.today()} with `python bench/bench_pipeline.py` on {cpu_name()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}; load average at the start {load:.2f}.", "",
         f"**Total: {total // 60:.0f} min {total % 60:02.0f} s wall**; largest stage process {rss:.2f} GB resident. "
         f"Second `dvc repro`: {'nothing to do' if 'up to date' in again and 'Running stage' not in again else 'RAN STAGES'}.", "",

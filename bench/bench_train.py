@@ -34,6 +34,8 @@ from attnwav2lip.train import (ExpertTrainConfig, ExpertTrainer, GeneratorTrainC
                                evaluate_expert, evaluate_generator, filelist_path, load_expert, save_checkpoint,
                                setup_runtime, train_expert, train_generator)
 
+from _machine import cpu_name
+
 RESULTS = Path(__file__).parent / "results"
 NOTES = "<!-- notes: kept when the report is regenerated -->"
 T = 5
@@ -42,14 +44,6 @@ SIZES = [  # (label, expert model, generator model without the variant, expert b
     ("CPU recipe: 48 px, expert width 0.125, generator width 0.25", dict(img_size=48, width=0.125),
      dict(img_size=48, width=0.25), 64, 8),
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"): return line.split(":", 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or platform.machine()
 
 
 def machine(threads) -> str:

@@ -445,7 +445,7 @@ def test_cli(tmp_path, random_state, clips, capsys, monkeypatch):
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
     assert cli_lse([str(clip), "--weights", str(tmp_path / "other.pth")]) == 2
     err = capsys.readouterr().err
-    assert "none.model: judge checkpoint not found" in err and "other.pth does not match SyncNetV2" in err
+    assert "none.model: judge checkpoint not found" in err and "other.pth: state dict does not match SyncNetV2" in err
     assert not (tmp_path / "lse_report").exists()
 
 
