@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['DataConfig', 'read_filelist', 'clip_frames', 'window_starts', 'toy_frame_id', 'write_toy_corpus', 'read_face',
-           'ClipDataset', 'stack_lower_half', 'SyncDataset', 'mask_lower_half', 'to_channels_first', 'GeneratorDataset']
+           'FrameCache', 'ClipDataset', 'stack_lower_half', 'SyncDataset', 'mask_lower_half', 'to_channels_first',
+           'GeneratorDataset']
 
 # %% ../nbs/06_data.ipynb #c9c58528
 import warnings
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 import soundfile as sf
 import torch
+from fastcore.basics import patch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -29,8 +31,12 @@ class DataConfig:
     T: int = 5                 # frames per window (official `syncnet_T`)
     min_offset: int = 0        # expert negatives start ≥ this many frames from the positive (0: any other, official)
     seed: int = 0              # a sample is a function of (seed, epoch, index)
-    cache_frames: bool = False # keep decoded, resized frames in memory (small corpora; per DataLoader worker)
+    cache_bytes: int = 256 * 2**20 # decoded-frame LRU limit in bytes, per dataset and process (0: no frame cache)
     mel_cache: int = 512       # clips whose mel stays in memory (least recently used dropped; ~130 kB per 5 s clip)
+
+    def __post_init__(self):
+        if self.cache_bytes < 0:
+            raise ValueError(f"DataConfig.cache_bytes must be >= 0 (0: no frame cache), got {self.cache_bytes}")
 
 # %% ../nbs/06_data.ipynb #d6c3321a
 def read_filelist(filelist): # a filelist path, or an already-read list of entries
@@ -41,17 +47,19 @@ def read_filelist(filelist): # a filelist path, or an already-read list of entri
         filelist = path.read_text().splitlines()
     return [line.split()[0] for line in map(str.strip, filelist) if line]
 
+# %% ../nbs/06_data.ipynb #8353c2a7
 def clip_frames(clip_dir): # a clip folder of the preprocessed layout
     "Sorted integer frame ids of the `<frame>.jpg` files in `clip_dir`."
     return np.array(sorted(int(p.stem) for p in Path(clip_dir).glob('*.jpg') if p.stem.isdigit()), dtype=np.int64)
 
+# %% ../nbs/06_data.ipynb #4543cebc
 def window_starts(ids:np.ndarray, # sorted unique frame ids of a clip
                   T:int=5):       # frames per window
     "Start frames s whose window s, s+1, …, s+T−1 is complete (no missing frame)."
     if len(ids) < T: return ids[:0]
     return ids[:len(ids) - T + 1][ids[T - 1:] - ids[:len(ids) - T + 1] == T - 1]
 
-# %% ../nbs/06_data.ipynb #8353c2a7
+# %% ../nbs/06_data.ipynb #aeb70886
 def toy_frame_id(img:np.ndarray): # (H, W, 3) or (3, H, W) face written by `write_toy_corpus`, uint8 or /255
     "Frame number encoded in the left stripe of a toy face."
     img = np.asarray(img, dtype=np.float64)
@@ -59,6 +67,7 @@ def toy_frame_id(img:np.ndarray): # (H, W, 3) or (3, H, W) face written by `writ
     if img.max() <= 1: img = img * 255
     return int(round((np.median(img[:, 1:img.shape[1] // 12].mean(-1)) - 10) / 4))
 
+# %% ../nbs/06_data.ipynb #352d4ea1
 def write_toy_corpus(root,              # output folder (the preprocessed layout is written under it)
                      clips:dict,        # '<speaker>/<clip>' -> number of video frames (≤ 61)
                      size:int=96,       # side of the stored jpgs
@@ -100,18 +109,44 @@ def read_face(path,         # a face-crop jpg
     return img
 
 # %% ../nbs/06_data.ipynb #39d37724
-def _last_audio_frame(n_mel, acfg):
-    "Largest video frame k whose sync mel window [mel_index(k), mel_index(k) + step) fits in `n_mel` mel frames."
-    k = max(0, int((n_mel - acfg.mel_step_size) * acfg.fps / acfg.mel_fps) + 1)
-    while k >= 0 and mel_index(k, acfg.fps, acfg.mel_fps) + acfg.mel_step_size > n_mel: k -= 1
-    return k
+class FrameCache:
+    "Least-recently-used store of decoded frames, bounded by bytes (array data + `overhead` per entry)."
+    overhead = 320 # bytes charged per entry beyond the array data (key, array object, dict links)
+    def __init__(self, limit:int): # most bytes held (0: nothing is kept)
+        self.limit, self.nbytes, self.hits, self.misses, self._frames = int(limit), 0, 0, 0, OrderedDict()
 
+    def __len__(self): return len(self._frames)
+    def __contains__(self, key): return key in self._frames
+    def keys(self): return list(self._frames)       # least recently used first
+    def __repr__(self):
+        return (f"FrameCache({len(self)} frames, {self.nbytes / 2**20:.1f} of {self.limit / 2**20:.1f} MiB, "
+                f"{self.hits} hits, {self.misses} misses)")
+
+    def get(self, key):
+        "The frame stored under `key` (now the most recently used), or None."
+        img = self._frames.get(key)
+        if img is None: self.misses += 1; return None
+        self._frames.move_to_end(key)
+        self.hits += 1
+        return img
+
+    def put(self, key, img:np.ndarray):
+        "Keep `img` under `key` (read-only from now on), evicting least recently used frames to stay within the limit."
+        cost = img.nbytes + self.overhead
+        if cost > self.limit: return img
+        if key in self._frames: self.nbytes -= self._frames.pop(key).nbytes + self.overhead
+        while self.nbytes + cost > self.limit: self.nbytes -= self._frames.popitem(last=False)[1].nbytes + self.overhead
+        img.flags.writeable = False
+        self._frames[key], self.nbytes = img, self.nbytes + cost
+        return img
+
+# %% ../nbs/06_data.ipynb #14c3ea8e
 class ClipDataset(Dataset):
-    "The clips of a Wav2Lip preprocessed corpus listed in a filelist, with cached mels and seeded position choices."
+    "The clips of a Wav2Lip preprocessed corpus listed in a filelist, with cached mels and frames, and seeded draws."
     def __init__(self, root,                  # preprocessed corpus root (`<root>/<speaker>/<clip>/`)
                  filelist,                    # filelist path, or a list of `<speaker>/<clip>` entries
-                 cfg:DataConfig=DataConfig(),
-                 audio_cfg:AudioConfig=AudioConfig()):
+                 cfg:DataConfig=DataConfig(), # sampling and loading settings
+                 audio_cfg:AudioConfig=AudioConfig()): # the audio front-end (mel windows, frame rate)
         self.root, self.cfg, self.audio_cfg, self.epoch = Path(root), cfg, audio_cfg, 0
         entries = read_filelist(filelist)
         self.clips, self.frame_ids, self.starts, self.excluded = [], [], [], {}
@@ -132,7 +167,7 @@ class ClipDataset(Dataset):
         if self.excluded:
             warnings.warn(f"{type(self).__name__}: {len(self.excluded)} of {len(entries)} clips excluded "
                           f"({self.excluded_counts})", stacklevel=2)
-        self._mels, self._faces = OrderedDict(), {}
+        self._mels, self.frame_cache = OrderedDict(), FrameCache(cfg.cache_bytes)
 
     @property
     def excluded_counts(self): return dict(Counter(self.excluded.values()))
@@ -141,55 +176,85 @@ class ClipDataset(Dataset):
         return (f"{type(self).__name__}({len(self)} clips under {self.root}, {len(self.excluded)} excluded"
                 f"{' ' + str(self.excluded_counts) if self.excluded else ''})")
 
-    def set_epoch(self, epoch:int):
-        "Select the positions drawn in epoch `epoch` (samples are a function of seed, epoch and index)."
-        self.epoch = int(epoch)
+# %% ../nbs/06_data.ipynb #5a86c24a
+@patch
+def _clip_index(self:ClipDataset, index): # sample index, negative counts from the end
+    "Position in `clips` of sample `index`; `IndexError` outside the dataset."
+    if not -len(self) <= index < len(self): raise IndexError(f"index {index} out of range for {len(self)} clips")
+    return int(index) % len(self)
 
-    def _clip_index(self, index):
-        if not -len(self) <= index < len(self): raise IndexError(f"index {index} out of range for {len(self)} clips")
-        return int(index) % len(self)
+# %% ../nbs/06_data.ipynb #12da1717
+@patch
+def rng(self:ClipDataset, index:int): # sample index
+    "The generator that draws sample `index`'s positions (seeded by seed, epoch, index)."
+    return np.random.default_rng([self.cfg.seed, self.epoch, self._clip_index(index)])
 
-    def rng(self, index:int):
-        "The generator that draws sample `index`'s positions (seeded by seed, epoch, index)."
-        return np.random.default_rng([self.cfg.seed, self.epoch, self._clip_index(index)])
+# %% ../nbs/06_data.ipynb #5df2fa34
+@patch
+def set_epoch(self:ClipDataset, epoch:int): # the training epoch about to be drawn
+    "Select the positions drawn in epoch `epoch` (samples are a function of seed, epoch and index)."
+    self.epoch = int(epoch)
 
-    def audio_path(self, i:int): return self.root / self.clips[i] / 'audio.wav'
+# %% ../nbs/06_data.ipynb #b6580705
+@patch
+def audio_path(self:ClipDataset, i:int): # clip position in `clips`
+    "The `audio.wav` of clip `i`."
+    return self.root / self.clips[i] / 'audio.wav'
 
-    def mel(self, i:int):
-        "(num_mels, N) mel of clip `i` (least-recently-used cache)."
-        if i in self._mels:
-            self._mels.move_to_end(i)
-            return self._mels[i]
-        a = self.audio_cfg
-        m = melspectrogram(load_wav(self.audio_path(i), a.sample_rate, cfg=a), a)
-        self._mels[i] = m
-        if len(self._mels) > self.cfg.mel_cache: self._mels.popitem(last=False)
-        return m
+# %% ../nbs/06_data.ipynb #227c3471
+@patch
+def mel(self:ClipDataset, i:int): # clip position in `clips`
+    "(num_mels, N) mel of clip `i` (least-recently-used cache)."
+    if i in self._mels:
+        self._mels.move_to_end(i)
+        return self._mels[i]
+    a = self.audio_cfg
+    m = melspectrogram(load_wav(self.audio_path(i), a.sample_rate, cfg=a), a)
+    self._mels[i] = m
+    if len(self._mels) > self.cfg.mel_cache: self._mels.popitem(last=False)
+    return m
 
-    def audio_starts(self, i:int, first:int=0, span:int=0):
-        "Complete-window starts s ≥ `first` of clip `i` whose frame s + `span` still has a full sync mel window."
-        n = self.mel(i).shape[1]
-        last = _last_audio_frame(n, self.audio_cfg)
-        s = self.starts[i]
-        s = s[(s >= first) & (s + span <= last)]
-        if not len(s):
-            ids = self.frame_ids[i]
-            raise ValueError(f"{self.audio_path(i)}: audio too short ({n} mel frames, "
-                             f"{n / self.audio_cfg.mel_fps:.2f} s) for any {self.cfg.T}-frame window of frames "
-                             f"{ids[0]}..{ids[-1]}")
-        return s
+# %% ../nbs/06_data.ipynb #20a8c422
+def _last_audio_frame(n_mel, acfg):
+    "Largest video frame k whose sync mel window [mel_index(k), mel_index(k) + step) fits in `n_mel` mel frames."
+    k = max(0, int((n_mel - acfg.mel_step_size) * acfg.fps / acfg.mel_fps) + 1)
+    while k >= 0 and mel_index(k, acfg.fps, acfg.mel_fps) + acfg.mel_step_size > n_mel: k -= 1
+    return k
 
-    def face(self, i:int, frame:int):
-        "BGR uint8 (S, S, 3) frame `frame` of clip `i`."
-        key = (i, frame)
-        if key in self._faces: return self._faces[key]
-        img = read_face(self.root / self.clips[i] / f'{frame}.jpg', self.cfg.img_size)
-        if self.cfg.cache_frames: self._faces[key] = img
-        return img
+# %% ../nbs/06_data.ipynb #26a486d5
+@patch
+def audio_starts(self:ClipDataset, i:int, # clip position in `clips`
+                 first:int=0,             # smallest start allowed
+                 span:int=0):             # frames after the start that also need a full sync mel window
+    "Complete-window starts s ≥ `first` of clip `i` whose frame s + `span` still has a full sync mel window."
+    n = self.mel(i).shape[1]
+    last = _last_audio_frame(n, self.audio_cfg)
+    s = self.starts[i]
+    s = s[(s >= first) & (s + span <= last)]
+    if not len(s):
+        ids = self.frame_ids[i]
+        raise ValueError(f"{self.audio_path(i)}: audio too short ({n} mel frames, "
+                         f"{n / self.audio_cfg.mel_fps:.2f} s) for any {self.cfg.T}-frame window of frames "
+                         f"{ids[0]}..{ids[-1]}")
+    return s
 
-    def window(self, i:int, start:int):
-        "(T, S, S, 3) uint8 frames start … start+T−1 of clip `i`."
-        return np.stack([self.face(i, f) for f in range(start, start + self.cfg.T)])
+# %% ../nbs/06_data.ipynb #05238c9b
+@patch
+def face(self:ClipDataset, i:int, # clip position in `clips`
+         frame:int):              # frame id (the jpg's number)
+    "BGR uint8 (S, S, 3) frame `frame` of clip `i` (read-only when it went through the frame cache)."
+    key = (i, frame)
+    img = self.frame_cache.get(key)
+    if img is None:
+        img = self.frame_cache.put(key, read_face(self.root / self.clips[i] / f'{frame}.jpg', self.cfg.img_size))
+    return img
+
+# %% ../nbs/06_data.ipynb #4a1efa95
+@patch
+def window(self:ClipDataset, i:int, # clip position in `clips`
+           start:int):              # first frame of the window
+    "(T, S, S, 3) uint8 frames start … start+T−1 of clip `i`."
+    return np.stack([self.face(i, f) for f in range(start, start + self.cfg.T)])
 
 # %% ../nbs/06_data.ipynb #ffba0578
 def stack_lower_half(window:np.ndarray): # (T, S, S, 3) uint8 frames
@@ -198,27 +263,30 @@ def stack_lower_half(window:np.ndarray): # (T, S, S, 3) uint8 frames
     x = (window.transpose(1, 2, 0, 3).reshape(S, S, 3 * T) / 255.).transpose(2, 0, 1)
     return np.ascontiguousarray(x[:, S // 2:], dtype=np.float32)
 
+# %% ../nbs/06_data.ipynb #70dd4140
 class SyncDataset(ClipDataset):
     "Expert pairs as official `color_syncnet_train.py`: face (3T, S/2, S), mel (1, 80, 16), y (1,), all float32."
-    def pick(self, index:int):
-        "(clip, audio start s, face start, positive) drawn for `index` in the current epoch."
-        i, rng, gap = self._clip_index(index), self.rng(index), max(1, self.cfg.min_offset)
-        starts, pos = self.starts[i], self.audio_starts(i)
-        pos = pos[(pos - gap >= starts[0]) | (pos + gap <= starts[-1])]   # keep positions that have a negative
-        if not len(pos):
-            raise ValueError(f"{self.root / self.clips[i]}: no two complete windows {gap} frames apart "
-                             f"(min_offset={self.cfg.min_offset})")
-        s = int(rng.choice(pos))
-        w = int(rng.choice(starts[np.abs(starts - s) >= gap]))
-        positive = bool(rng.random() < 0.5)
-        return i, s, (s if positive else w), positive
-
     def __getitem__(self, index:int):
         i, s, f, positive = self.pick(index)
         a = self.audio_cfg
         face = stack_lower_half(self.window(i, f))
         mel = sync_mel_window(self.mel(i), s, a.fps, a.mel_step_size)[None]
         return torch.from_numpy(face), torch.from_numpy(np.ascontiguousarray(mel)), torch.tensor([float(positive)])
+
+# %% ../nbs/06_data.ipynb #0b17c6aa
+@patch
+def pick(self:SyncDataset, index:int): # sample index
+    "(clip, audio start s, face start, positive) drawn for `index` in the current epoch."
+    i, rng, gap = self._clip_index(index), self.rng(index), max(1, self.cfg.min_offset)
+    starts, pos = self.starts[i], self.audio_starts(i)
+    pos = pos[(pos - gap >= starts[0]) | (pos + gap <= starts[-1])]   # keep positions that have a negative
+    if not len(pos):
+        raise ValueError(f"{self.root / self.clips[i]}: no two complete windows {gap} frames apart "
+                         f"(min_offset={self.cfg.min_offset})")
+    s = int(rng.choice(pos))
+    w = int(rng.choice(starts[np.abs(starts - s) >= gap]))
+    positive = bool(rng.random() < 0.5)
+    return i, s, (s if positive else w), positive
 
 # %% ../nbs/06_data.ipynb #d3e92ae3
 def mask_lower_half(window:np.ndarray): # (..., S, S) with rows on the second-to-last axis
@@ -227,20 +295,14 @@ def mask_lower_half(window:np.ndarray): # (..., S, S) with rows on the second-to
     out[..., window.shape[-2] // 2:, :] = 0
     return out
 
+# %% ../nbs/06_data.ipynb #fc93bbe5
 def to_channels_first(window:np.ndarray): # (T, S, S, 3) uint8
     "(3, T, S, S) float32 in [0, 1], BGR."
     return np.ascontiguousarray((window / 255.).transpose(3, 0, 1, 2), dtype=np.float32)
 
+# %% ../nbs/06_data.ipynb #9b1852ac
 class GeneratorDataset(ClipDataset):
     "Generator samples as official `wav2lip_train.py`: x (6,T,S,S), indiv_mels (T,1,80,16), mel (1,80,16), y (3,T,S,S)."
-    def pick(self, index:int):
-        "(clip, target start s, reference start w) drawn for `index` in the current epoch."
-        i, rng = self._clip_index(index), self.rng(index)
-        s = int(rng.choice(self.audio_starts(i, first=1, span=self.cfg.T - 2)))
-        refs = self.starts[i][self.starts[i] != s]
-        if not len(refs): raise ValueError(f"{self.root / self.clips[i]}: no reference window other than {s}")
-        return i, s, int(rng.choice(refs))
-
     def __getitem__(self, index:int):
         i, s, w = self.pick(index)
         a, mel = self.audio_cfg, self.mel(i)
@@ -249,3 +311,13 @@ class GeneratorDataset(ClipDataset):
         indiv = frame_mel_windows(mel, s, self.cfg.T, a.fps, a.mel_step_size)[:, None]
         sync = sync_mel_window(mel, s, a.fps, a.mel_step_size)[None]
         return tuple(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for v in (x, indiv, sync, y))
+
+# %% ../nbs/06_data.ipynb #0791725b
+@patch
+def pick(self:GeneratorDataset, index:int): # sample index
+    "(clip, target start s, reference start w) drawn for `index` in the current epoch."
+    i, rng = self._clip_index(index), self.rng(index)
+    s = int(rng.choice(self.audio_starts(i, first=1, span=self.cfg.T - 2)))
+    refs = self.starts[i][self.starts[i] != s]
+    if not len(refs): raise ValueError(f"{self.root / self.clips[i]}: no reference window other than {s}")
+    return i, s, int(rng.choice(refs))

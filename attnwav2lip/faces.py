@@ -157,7 +157,8 @@ class BlazeFaceDetector:
     def detect_all(self, frame: np.ndarray, # (H, W, 3) uint8 BGR
                   ) -> np.ndarray:
         "All faces of one frame after weighted NMS: `(K, 17)` rows `x1, y1, x2, y2, score, kx0, ky0, …, kx5, ky5` in frame pixels."
-        canvas, scale, (px, py) = letterbox(frame[..., ::-1])
+        canvas, scale, (px, py) = letterbox(frame)  # resize first, then BGR → RGB: OpenCV would first copy a
+        canvas = canvas[..., ::-1]                  # channel-reversed view element by element (~25 ms at 1080p)
         logits, reg = self._raw(canvas)
         p = 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
         keep = p >= self.min_score

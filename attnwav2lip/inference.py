@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,22 +24,25 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import soundfile as sf
+import soxr
 import torch
 from imageio_ffmpeg import get_ffmpeg_exe
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm.auto import tqdm
 
-from .audio import AudioConfig, inference_mel_chunks, load_wav, melspectrogram
-from .faces import (array_to_boxes, boxes_to_array, crop_face, default_device, get_detector,
-                               interpolate_boxes, pad_box, smooth_boxes)
+from .audio import (_SOUNDFILE_SUFFIXES, AudioConfig, amp_to_db, hann_window, mel_basis,
+                               normalize_db)
+from .faces import (ProvidedBoxes, array_to_boxes, boxes_to_array, crop_face, default_device,
+                               get_detector, interpolate_boxes, pad_box, smooth_boxes, smooth_boxes_wav2lip)
 from .models import VARIANTS, AttnWav2Lip, ModelConfig, load_checkpoint_weights, read_state_dict
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'IMAGE_SUFFIXES', 'SyncConfig', 'checked_file', 'FaceSource', 'driving_mels', 'default_cache_dir',
-           'detection_key', 'detect_faces', 'face_track', 'load_generator', 'fold_batchnorm', 'bf16_supported',
-           'InferenceGenerator', 'lower_face_mask', 'paste_face', 'sync_frames', 'Mp4Writer', 'lipsync', 'sync_parser',
-           'cli_sync']
+__all__ = ['PRECISIONS', 'IMAGE_SUFFIXES', 'SyncConfig', 'checked_file', 'FaceSource', 'audio_blocks', 'streamed_melspectrogram',
+           'video_rate', 'output_frames', 'MelWindows', 'driving_mels', 'default_cache_dir', 'detection_key',
+           'detect_faces', 'face_track', 'load_generator', 'fold_batchnorm', 'bf16_supported', 'InferenceGenerator',
+           'lower_face_mask', 'paste_face', 'sync_frames', 'Mp4Writer', 'lipsync', 'sync_parser', 'cli_sync']
 
 # %% ../nbs/10_inference.ipynb #4aa522f5
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -53,13 +57,15 @@ class SyncConfig:
     static:bool = False # use only the first frame of a video (an image input is always static)
     fps:float = 25.0 # frame rate of the output when the face input is an image
     nosmooth:bool = False # use the per-frame boxes as detected
-    smooth_window:int = 5 # frames in the centred box-smoothing window
+    smooth_window:int = 5 # frames in the box-smoothing window
+    smoothing:str = "centred" # 'centred' moving average over the frames with a face; 'wav2lip': the official forward window (every frame needs a face)
     fill_gaps:int = 0 # interpolate the box over interior runs of at most this many frames without a face (0: off)
     face_det_batch_size:int = 16 # frames per detector call (split in halves on out-of-memory)
     batch_size:int|None = None # frames per generator call; None: 128 on a GPU (Wav2Lip's default), 16 on a CPU
     detector:str = "blazeface" # 'blazeface' (shipped) | 's3fd' (needs detector_options weights_path) | 'boxes'
     detector_options:dict = field(default_factory=dict) # keyword arguments of `get_detector`
     feather:float = 0.12 # soft edge of the lower-face blend mask, as a fraction of the face crop (0: hard lower half)
+    paste:str = "blend" # 'blend': the lower face through the feathered mask; 'box': the whole generated box pasted back (official)
     crf:int = 18 # x264 quality: 0 lossless … 51 worst (18 looks lossless)
     preset:str = "veryfast" # x264 speed preset
     cache_dir:str|None = None # detection cache; None: $ATTNWAV2LIP_CACHE or ~/.cache/attnwav2lip; '' turns it off
@@ -81,6 +87,8 @@ class SyncConfig:
         if not 0 <= self.feather <= 0.5: raise ValueError(f"SyncConfig.feather must lie in [0, 0.5], got {self.feather}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"SyncConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.smoothing not in ("centred", "wav2lip"): raise ValueError(f"SyncConfig.smoothing must be 'centred' or 'wav2lip', got {self.smoothing!r}")
+        if self.paste not in ("blend", "box"): raise ValueError(f"SyncConfig.paste must be 'blend' or 'box', got {self.paste!r}")
 
 # %% ../nbs/10_inference.ipynb #0cf39029
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -148,10 +156,10 @@ class FaceSource:
 
     def looped(self, k:int, # frames in one loop (the first k frames of the video)
                n:int, # frames to yield
-               max_bytes:int=256 << 20, # a loop this small is kept in memory; a longer one is decoded again
+               max_bytes:int=256 << 20, # a loop that repeats (n > k) and is this small is kept in memory; else decoded again
               ) -> Iterator[np.ndarray]:
         "`n` frames where frame i is source frame i mod k: a video shorter than the audio starts again (official)."
-        keep = k * self.width * self.height * 3 <= max_bytes
+        keep = n > k and k * self.width * self.height * 3 <= max_bytes
         first, done = [], 0
         while done < n:
             start = done
@@ -172,21 +180,143 @@ class FaceSource:
         return k
 
 # %% ../nbs/10_inference.ipynb #9bcf9920
+def audio_blocks(path, # any audio or video file ffmpeg reads
+                 sr:int=16000, # sample rate of the blocks
+                 block:int=1 << 17, # samples per block read from the file
+                ) -> Iterator[np.ndarray]:
+    "Mono float32 waveform of `path` at `sr` Hz in blocks, decoded as `audio.load_wav` decodes it, never whole in memory."
+    path = Path(path)
+    try: f = sf.SoundFile(str(path)) if path.suffix.lower() in _SOUNDFILE_SUFFIXES else None
+    except (sf.SoundFileError, RuntimeError): f = None  # a codec libsndfile lacks: ffmpeg reads it (as `load_wav`)
+    if f is not None:
+        with f:
+            stream = None if f.samplerate == sr else soxr.ResampleStream(f.samplerate, sr, 1, dtype="float32", quality="HQ")
+            while True:
+                x = f.read(block, dtype="float32", always_2d=True).mean(axis=1)  # channel average, as `load_wav`
+                last = len(x) < block
+                if stream is not None: x = stream.resample_chunk(x, last=last)
+                if len(x): yield x
+                if last: return
+    cmd = [get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(sr),
+           "-f", "f32le", "-"]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
+        try:
+            while chunk := proc.stdout.read(4 * block): yield np.frombuffer(chunk, "<f4")
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None: proc.kill(); proc.wait()
+            proc.stdout.close()
+        if rc != 0:
+            log.seek(0)
+            msg = log.read().decode(errors="replace").strip().splitlines()
+            raise ValueError(f"{path}: ffmpeg cannot read audio from it ({msg[-1] if msg else 'no message'})")
+
+def streamed_melspectrogram(blocks, # iterable of 1-D waveform blocks at `cfg.sample_rate`
+                            source:str="waveform", # what to call the audio in error messages (its path)
+                            cfg:AudioConfig=AudioConfig(),
+                           ) -> tuple: # (mel (num_mels, 1 + samples // hop) float32, samples)
+    "`audio.melspectrogram` of the blocks joined, computed block by block: memory for the mel, not the waveform."
+    hop, n_fft, half, k = cfg.hop_size, cfg.n_fft, cfg.n_fft // 2, cfg.preemphasis
+    if cfg.pad_mode not in ("reflect", "constant"): raise ValueError(f"streamed_melspectrogram: pad_mode {cfg.pad_mode!r} unsupported")
+    reflect = cfg.pad_mode == "reflect"
+    window, basis = hann_window(cfg.win_size, n_fft), mel_basis(cfg)
+    head, buf, prev, samples, mels = [], None, None, 0, []
+
+    def emit(buf:np.ndarray) -> np.ndarray:  # mel of every whole frame in `buf`; returns the samples still needed
+        m = (len(buf) - n_fft) // hop + 1 if len(buf) >= n_fft else 0
+        if m:
+            frames = np.lib.stride_tricks.sliding_window_view(buf, n_fft)[::hop][:m]
+            mag = np.abs(np.fft.rfft(frames * window, axis=1)).T
+            mels.append(normalize_db(amp_to_db(basis @ mag, cfg), cfg).astype(np.float32))
+        return buf[m * hop:]
+
+    for x in blocks:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 1: raise ValueError(f"{source}: expected 1-D waveform blocks, got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"{source}: the audio contains {np.count_nonzero(~np.isfinite(x))} NaN/inf samples")
+        if not len(x): continue
+        y = x.copy()                       # pre-emphasis y[n] = x[n] − k·x[n−1], y[0] = x[0], across blocks
+        y[1:] -= k * x[:-1]
+        if prev is not None: y[0] -= k * prev
+        prev, samples = x[-1], samples + len(x)
+        if buf is None:                    # the start: pad (reflecting y[1 … half], or zeros) once they are known
+            head.append(y)
+            if samples <= half: continue
+            y = np.concatenate(head)
+            buf = np.concatenate([y[half:0:-1] if reflect else np.zeros(half), y])
+        else: buf = np.concatenate([buf, y])
+        buf = emit(buf)
+    if samples == 0: raise ValueError(f"{source}: the audio is empty (0 samples)")
+    need = cfg.min_samples
+    if samples < need or buf is None:
+        raise ValueError(f"{source}: the audio is too short ({samples / cfg.sample_rate:.3f} s); one "
+                         f"{cfg.mel_step_size}-frame mel window needs at least {need / cfg.sample_rate:.4f} s")
+    emit(np.concatenate([buf, buf[-2:-half - 2:-1] if reflect else np.zeros(half)]))  # the end: y[L−2], …, y[L−1−half]
+    return np.concatenate(mels, axis=1), samples
+
+def video_rate(fps:float) -> Fraction:
+    "The exact frame rate of `fps` (29.97002997… → 30000/1001), as the encoder is given it."
+    return Fraction(fps).limit_denominator(100_000)
+
+def output_frames(samples:int, # audio length in samples
+                  sr:int, # its sample rate
+                  fps:float, # video frame rate
+                 ) -> int:
+    "round(audio seconds × fps), halves up, in exact arithmetic (at least 1)."
+    return max(1, math.floor(Fraction(samples, sr) * video_rate(fps) + Fraction(1, 2)))
+
+class MelWindows:
+    "The (80, 16) driving window of each of n output frames, cut from the mel spectrogram when asked for."
+    def __init__(self, mel:np.ndarray, # (num_mels, N) mel spectrogram
+                 fps:float, # video frame rate
+                 n:int, # output frames
+                 step:int=16, # window length in mel frames
+                 mel_fps:float=80, # mel frames per second
+                ):
+        if mel.ndim != 2 or mel.shape[1] < step:
+            raise ValueError(f"MelWindows: need a (num_mels, N ≥ {step}) mel, got shape {mel.shape}")
+        self.mel, self.fps, self.n, self.step = mel, fps, int(n), step
+        q = Fraction(mel_fps).limit_denominator(1_000_000) / video_rate(fps)
+        self._num, self._den = q.numerator, q.denominator
+
+    def starts(self, frames) -> np.ndarray:
+        "First mel column of each frame's window: min(⌊mel_fps · i / fps⌋, N − step)."
+        i = np.asarray(frames, dtype=np.int64)
+        return np.minimum(i * self._num // self._den, self.mel.shape[1] - self.step)
+
+    def __len__(self) -> int: return self.n
+
+    @property
+    def shape(self) -> tuple: return (self.n, self.mel.shape[0], self.step)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        "Windows (m, num_mels, step) float32 for a slice or index list; (num_mels, step) for one index."
+        if isinstance(idx, slice): idx = range(*idx.indices(self.n))
+        i = np.asarray(idx, dtype=np.int64)
+        if i.ndim > 1: raise IndexError(f"MelWindows takes an index, a slice or a 1-D index list, got shape {i.shape}")
+        i = np.where(i < 0, i + self.n, i)
+        if i.size and (i.min() < 0 or i.max() >= self.n): raise IndexError(f"frame index out of range for {self.n} frames")
+        s = self.starts(i.reshape(-1))
+        out = self.mel[:, s[:, None] + np.arange(self.step)].transpose(1, 0, 2)
+        return np.ascontiguousarray(out[0] if i.ndim == 0 else out)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[np.arange(self.n)]
+        return out if dtype is None else out.astype(dtype)
+
 def driving_mels(audio, # any audio or video file ffmpeg can read
                  fps:float, # frame rate of the output video
-                ) -> tuple: # (mels (n, 80, 16) float32, seconds of audio)
-    "One mel window per output frame, n = round(duration · fps), inference convention."
+                ) -> tuple: # (MelWindows: n windows (80, 16) on demand, seconds of audio)
+    "One mel window per output frame, n = round(audio seconds · fps), inference convention; the audio is streamed."
     path = checked_file(audio, "audio")
-    sr = AudioConfig().sample_rate
-    wav = load_wav(path, sr, allow_silence=True)
-    mel = melspectrogram(wav)
+    cfg = AudioConfig()
+    mel, samples = streamed_melspectrogram(audio_blocks(path, cfg.sample_rate), str(path), cfg)
     if not np.isfinite(mel).all(): raise ValueError(f"audio {path}: its mel spectrogram has NaN/inf values")
-    chunks = inference_mel_chunks(mel, fps)
-    seconds = len(wav) / sr
-    n = max(1, round(seconds * fps))
-    return chunks[np.minimum(np.arange(n), len(chunks) - 1)], seconds
+    return MelWindows(mel, fps, output_frames(samples, cfg.sample_rate, fps)), samples / cfg.sample_rate
 
-# %% ../nbs/10_inference.ipynb #577bcdaa
+# %% ../nbs/10_inference.ipynb #5967db1f
 def default_cache_dir() -> Path:
     "Where detections are cached: `$ATTNWAV2LIP_CACHE`, else `$XDG_CACHE_HOME/attnwav2lip`, else `~/.cache/attnwav2lip`."
     root = os.environ.get("ATTNWAV2LIP_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "attnwav2lip"
@@ -240,6 +370,9 @@ def detect_faces(source:FaceSource, # the face input
     known, ended = _read_cache(cache)
     if ended or len(known) >= n: return known[:n], True
     det = get_detector(detector, **options)
+    if isinstance(det, ProvidedBoxes):  # a given track needs only the number of frames, not their pixels
+        k = source.count(n)
+        return boxes_to_array((det.boxes + [None] * k)[:k]).reshape(-1, 5), False
     rows, batch, ended = [known], [], True
     total = min(n, source.frame_count or n) - len(known)
     with tqdm(total=max(total, 0), desc="face detection", unit="frame", disable=not progress, leave=False) as bar:
@@ -272,6 +405,12 @@ def face_track(source:FaceSource, # the face input
                                 cfg.cache_dir, cfg.progress)
     track = array_to_boxes(dets)
     if cfg.fill_gaps: track, _ = interpolate_boxes(track, cfg.fill_gaps)
+    if cfg.smoothing == "wav2lip":   # the official order: pad each detection, then the forward window over all frames
+        if any(b is None for b in track):
+            raise ValueError(f"face input {source.path}: no face in frame {track.index(None)} (Wav2Lip's smoothing needs one in every frame)")
+        boxes = [pad_box(b, cfg.pads, (source.height, source.width)) for b in track]
+        if not cfg.nosmooth: boxes = [tuple(int(v) for v in b) for b in smooth_boxes_wav2lip(boxes, cfg.smooth_window)]
+        return boxes, cached
     if not cfg.nosmooth: track = smooth_boxes(track, cfg.smooth_window)
     boxes = [None if b is None else pad_box(b, cfg.pads, (source.height, source.width)) for b in track]
     return [b if b is not None and b[2] > b[0] and b[3] > b[1] else None for b in boxes], cached
@@ -398,17 +537,18 @@ def paste_face(frame:np.ndarray, # (H, W, 3) uint8 BGR frame
 
 # %% ../nbs/10_inference.ipynb #7855a2d3
 def sync_frames(source:FaceSource, # the face input
-                mels:np.ndarray, # (n, 80, 16): one window per output frame
+                mels, # `MelWindows` or an (n, 80, 16) array: one window per output frame
                 boxes:list, # (x1, y1, x2, y2) or None for each of the k looped source frames (`face_track`)
                 generator:InferenceGenerator, # the prepared generator
                 batch_size:int=16, # frames per generator call
                 feather:float=0.12, # blend-mask edge width (`lower_face_mask`)
+                paste:str="blend", # 'box': the whole generated box replaces the frame's (Wav2Lip's paste)
                 timings:dict|None=None, # if given, seconds spent per stage are added to it
                ) -> Iterator[np.ndarray]:
     "The n lip-synced output frames (uint8 BGR), one batch at a time."
     n, k, size = len(mels), len(boxes), generator.img_size
     if k == 0: raise ValueError(f"face input {source.path}: no frames")
-    mask = lower_face_mask(size, feather)
+    mask = lower_face_mask(size, feather) if paste == "blend" else np.ones((size, size), np.float32)
     timings = {} if timings is None else timings
     clock = lambda stage, t0: timings.__setitem__(stage, timings.get(stage, 0.0) + time.perf_counter() - t0)
     frames_in = source.looped(k, n)
@@ -426,6 +566,7 @@ def sync_frames(source:FaceSource, # the face input
             for j, face in zip(found, faces): frames[j] = paste_face(frames[j], boxes[(start + j) % k], face, mask)
             clock("blending", t0)
         yield from frames
+        frames = crops = faces = None  # let this batch go before the next one is decoded
 
 # %% ../nbs/10_inference.ipynb #f138e3b0
 class Mp4Writer:
@@ -443,7 +584,7 @@ class Mp4Writer:
         os.close(fd)
         self.log = tempfile.TemporaryFile()
         pix_fmt = "yuv420p" if self.width % 2 == 0 and self.height % 2 == 0 else "yuv444p"
-        rate = str(Fraction(fps).limit_denominator(100_000))
+        rate = str(video_rate(fps))
         cmd = [get_ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error",
                "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{self.width}x{self.height}", "-r", rate, "-i", "-",
                "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
@@ -509,7 +650,7 @@ def lipsync(face, # face video or image
     boxes, cached = face_track(source, len(mels), cfg)
     timings["detection"] = time.perf_counter() - t0
     batch_size = cfg.batch_size or (128 if generator.device.type == "cuda" else 16)
-    frames = sync_frames(source, mels, boxes, generator, batch_size, cfg.feather, timings)
+    frames = sync_frames(source, mels, boxes, generator, batch_size, cfg.feather, cfg.paste, timings)
     with Mp4Writer(outfile, source.size, source.fps, audio, cfg.crf, cfg.preset) as writer:
         for frame in tqdm(frames, total=len(mels), desc="lip-sync", unit="frame", disable=not cfg.progress):
             t0 = time.perf_counter(); writer.write(frame); timings["encoding"] = timings.get("encoding", 0.0) + time.perf_counter() - t0
@@ -518,6 +659,7 @@ def lipsync(face, # face video or image
     timings["total"] = time.perf_counter() - t_start
     n, k = len(mels), len(boxes)
     return dict(outfile=str(outfile), frames=n, source_frames=k, size=source.size, fps=source.fps, audio_seconds=seconds,
+                video_seconds=float(n / video_rate(source.fps)),
                 frames_with_face=sum(boxes[i % k] is not None for i in range(n)), precision=generator.precision,
                 detections_cached=cached, seconds=timings)
 
@@ -550,7 +692,11 @@ def sync_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3fd-weights", help="s3fd.pth for --detector s3fd")
     p.add_argument("--face-boxes", help="per-frame boxes (.json/.npy/.npz) for --detector boxes")
     p.add_argument("--feather", type=float, default=d.feather, help="blend-mask edge width, fraction of the face (0: hard)")
+    p.add_argument("--paste", choices=("blend", "box"), default=d.paste, help="box: paste the whole generated face box, as Wav2Lip")
+    p.add_argument("--smoothing", choices=("centred", "wav2lip"), default=d.smoothing, help="box smoothing: centred, or Wav2Lip's forward window")
     p.add_argument("--crf", type=int, default=d.crf, help="x264 quality, 0 lossless … 51 worst (default: 18)")
+    p.add_argument("--preset", default=d.preset,
+                   help="x264 speed preset, ultrafast … veryslow (default: %(default)s)")
     p.add_argument("--cache-dir", default=None, help="detection cache folder (default: ~/.cache/attnwav2lip)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached detections")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
@@ -574,7 +720,7 @@ def cli_sync(argv=None # arguments after `attnwav2lip sync` (default: sys.argv[1
                          crop=a.crop, box=None if a.box is None or a.box[0] == -1 else a.box, static=a.static,
                          fps=a.fps, nosmooth=a.nosmooth, fill_gaps=a.fill_gaps,
                          face_det_batch_size=a.face_det_batch_size, batch_size=a.batch_size, detector=a.detector,
-                         detector_options=options, feather=a.feather, crf=a.crf,
+                         detector_options=options, feather=a.feather, paste=a.paste, smoothing=a.smoothing, crf=a.crf, preset=a.preset,
                          cache_dir="" if a.no_cache else a.cache_dir, precision=a.precision, device=a.device,
                          progress=not a.quiet)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

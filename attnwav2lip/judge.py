@@ -8,31 +8,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm.auto import tqdm
 
-from . import __version__
 from .faces import get_detector
 from .lse import (LIP_FRAMES, MFCC_PER_FRAME, MFCC_STEPS, SAMPLES_PER_FRAME, LSEConfig, SyncNetV2,
                              SyncNetV2Config, face_crops, load_syncnet_v2, lse_scores_av, lse_window_count,
-                             read_audio_int16, read_syncnet_state, read_video_frames, syncnet_mfcc)
-from .train import (CHECKPOINT_FORMAT, RunLog, config_from_dict, load_params,
-                               save_checkpoint, seed_everything, setup_runtime)
+                             read_audio_int16, read_syncnet_state, read_video_frames, score_videos, syncnet_mfcc)
+from .runs import RunLog, atomic_write, seed_everything, setup_runtime, write_json
+from .train import fit
 
 # %% auto #0
 __all__ = ['JudgeConfig', 'split_clips', 'SyncClip', 'load_sync_clip', 'load_sync_clips', 'augment_window', 'sample_batch',
-           'pair_distances', 'multiway_loss', 'contrastive_loss', 'padded_pairs', 'judge_split', 'train_judge',
-           'load_judge', 'judge_lse_config', 'shift_audio', 'judge_report', 'cli_train_judge']
+           'pair_distances', 'multiway_loss', 'contrastive_loss', 'padded_pairs', 'judge_split', 'JudgeTrainer',
+           'train_judge', 'load_judge', 'judge_lse_config', 'shift_audio', 'judge_report', 'cli_lse']
 
 # %% ../nbs/08b_judge.ipynb #f24a1712
 @dataclass
@@ -58,6 +56,8 @@ class JudgeConfig:
     lr: float = 1e-3            # Adam learning rate
     augment: bool = True        # random colour gain/offset, scale, shift and mirror of each lip window
     log_every: int = 50         # steps between `train` rows in metrics.jsonl
+    ckpt_every: int = 0         # steps between checkpoints (0: only the last step)
+    keep_checkpoints: int = 1   # step checkpoints kept besides `latest.pth` (0: all)
     seed: int = 0               # seeds the sampling, augmentation and initial weights
     device: str = "auto"        # 'auto' (CUDA when present), 'cpu', 'cuda', …
     eval_split: str = "test"    # clips whose real / shifted / swapped scores are reported after training ('' skips)
@@ -68,6 +68,8 @@ class JudgeConfig:
         self.forbidden_splits = tuple(self.forbidden_splits)
         for name in ("steps", "batch_clips", "windows_per_clip", "log_every"):
             if int(getattr(self, name)) < 1: raise ValueError(f"JudgeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.ckpt_every < 0 or self.keep_checkpoints < 0:
+            raise ValueError("JudgeConfig.ckpt_every and keep_checkpoints must be >= 0")
         if self.windows_per_clip < 2: raise ValueError("JudgeConfig.windows_per_clip must be >= 2 (off-sync pairs come from one clip)")
         if self.min_shift < 1: raise ValueError(f"JudgeConfig.min_shift must be >= 1, got {self.min_shift}")
         if not (self.margin > 0 and self.lr > 0): raise ValueError("JudgeConfig.margin and lr must be > 0")
@@ -231,67 +233,81 @@ def _check_disjoint(cfg: JudgeConfig, split: str):
             shared = own & {p.relative_to(Path(cfg.corpus)) for p in split_clips(cfg.corpus, s)}
             if shared: raise ValueError(f"judge split '{split}' shares {len(shared)} clips with '{s}', e.g. {sorted(shared)[0]}")
 
+# %% ../nbs/08b_judge.ipynb #255daf32
+class JudgeTrainer:
+    "The judge as `fit` drives it: multi-way (or contrastive) matching on batches of one clip's windows."
+    stage = "judge"
 
-def _write_text_atomic(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    def __init__(self, cfg: JudgeConfig, rt, split: str, progress: bool = True):
+        self.cfg, self.rt = cfg, rt
+        self.rng = np.random.default_rng(cfg.seed)
+        self.clips = load_sync_clips(split_clips(cfg.corpus, split, cfg.max_clips), cfg.lse_config(), progress)
+        self.model = SyncNetV2(cfg.model_config()).to(rt.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.trained = [self.model]
+        self.notes = [f"{len(self.clips)} clips ({sum(c.n_windows for c in self.clips)} windows) of split '{split}'"]
 
+    def batches(self, start: int, stop: int):
+        for _ in range(start, stop):
+            yield sample_batch(self.clips, self.rng, self.cfg.batch_clips, self.cfg.windows_per_clip, self.cfg.min_shift, self.cfg.augment)
 
-def train_judge(cfg: JudgeConfig, # size, data and recipe
-                run_dir, # the run folder (created; an earlier run there is overwritten)
-                progress: bool = True,
-               ) -> dict:
-    "Train the judge on `cfg.split`, checkpoint it, then report its discrimination on `cfg.eval_split`."
-    split = judge_split(cfg)
-    _check_disjoint(cfg, split)
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-    for old in [run_dir / "metrics.jsonl", *run_dir.glob("metrics_*.tsv")]: old.unlink(missing_ok=True)
-    rt = setup_runtime(cfg.device, "off")
-    seed_everything(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    clips = load_sync_clips(split_clips(cfg.corpus, split, cfg.max_clips), cfg.lse_config(), progress)
-    model = SyncNetV2(cfg.model_config()).to(rt.device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    configs = {"judge": asdict(cfg), "model": asdict(cfg.model_config())}
-    configs["judge"].update(forbidden_splits=list(cfg.forbidden_splits), split=split)
-    _write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(
-        {**configs, "runtime": {"device": str(rt.device), "torch": str(torch.__version__), "attnwav2lip": __version__}}, sort_keys=False))
-    log, t0, sums = RunLog(run_dir), time.perf_counter(), {}
-    log.write("event", 0, event=f"{len(clips)} clips ({sum(c.n_windows for c in clips)} windows) of split '{split}'")
-    model.train()
-    for step in tqdm(range(1, cfg.steps + 1), desc="judge", disable=not progress):
-        b = sample_batch(clips, rng, cfg.batch_clips, cfg.windows_per_clip, cfg.min_shift, cfg.augment)
-        lip, aud = model.forward_lip(b["lips"].to(rt.device)), model.forward_aud(b["audio"].to(rt.device))
-        true, false = b["true"].to(rt.device), b["false"].to(rt.device)
-        if cfg.loss == "multiway":
+    def epoch(self, step: int) -> int: return 0   # batches are drawn, not read in epochs
+
+    def schedule(self) -> dict: return {}
+
+    def train_step(self, b: dict, guard) -> dict:
+        self.model.train()
+        lip, aud = self.model.forward_lip(b["lips"]), self.model.forward_aud(b["audio"])
+        true, false = b["true"], b["false"]
+        if self.cfg.loss == "multiway":
             d = pair_distances(lip, aud)
             loss = multiway_loss(d, true, false)
         else:
             d_pad, true_pad, false_pad = padded_pairs(lip, aud, true, false)
-            loss, d = contrastive_loss(d_pad, true_pad, false_pad, cfg.margin), d_pad[:, :-1]
-        if not torch.isfinite(loss): raise FloatingPointError(f"judge loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+            loss, d = contrastive_loss(d_pad, true_pad, false_pad, self.cfg.margin), d_pad[:, :-1]
+        guard(loss=loss)
+        self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step()
         with torch.no_grad():
             dt = d.diag()
-            row = dict(loss=loss, d_true=dt.mean(), d_false=d[false].mean(), pair_acc=(dt[:, None] < d)[false].float().mean())
-        for k, v in row.items(): sums[k] = sums.get(k, 0.0) + float(v.detach())
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            log.write("train", step, **{k: v / n for k, v in sums.items()}, wall_s=round(time.perf_counter() - t0, 2))
-            sums = {}
-    train_s = time.perf_counter() - t0
-    model.eval(); model.view = cfg.lse_config()
-    save_checkpoint({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "global_step": cfg.steps,
-                     "config": configs, "version": __version__, "format": CHECKPOINT_FORMAT, "wall_s": train_s}, run_dir)
-    last = log.read("train")[-1]
-    result = dict(step=cfg.steps, train_s=round(train_s, 2), clips=len(clips),
+            return dict(loss=loss.detach(), d_true=dt.mean(), d_false=d[false].mean(), pair_acc=(dt[:, None] < d)[false].float().mean())
+
+    def evaluate(self, step: int) -> dict: return {}   # no validation split: `judge_report` after training
+
+    def state_dict(self) -> dict:
+        return {"state_dict": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "sampler": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, ckpt: dict):
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.rng.bit_generator.state = json.loads(ckpt["sampler"])
+
+# %% ../nbs/08b_judge.ipynb #01458f94
+def train_judge(cfg: JudgeConfig, # size, data and recipe
+                run_dir, # the run folder (created; resumed from its latest.pth if present)
+                progress: bool = True,
+               ) -> dict:
+    "Train (or resume) the judge on `cfg.split`, then report its discrimination on `cfg.eval_split`."
+    split = judge_split(cfg)
+    _check_disjoint(cfg, split)
+    rt = setup_runtime(cfg.device, "off")
+    seed_everything(cfg.seed)
+    trainer = JudgeTrainer(cfg, rt, split, progress)
+    configs = {"judge": {**asdict(cfg), "forbidden_splits": list(cfg.forbidden_splits), "split": split},
+               "model": asdict(cfg.model_config())}
+    loop = dict(steps=cfg.steps, log_every=cfg.log_every, eval_every=cfg.steps, ckpt_every=cfg.ckpt_every or cfg.steps,
+                keep_checkpoints=cfg.keep_checkpoints)
+    fit(trainer, SimpleNamespace(**loop), configs, run_dir, rt)
+    model = trainer.model.eval()
+    model.view = cfg.lse_config()
+    last = RunLog(run_dir).read("train")[-1]
+    result = dict(step=cfg.steps, train_s=last["wall_s"], clips=len(trainer.clips),
                   **{f"train_{k}": last[k] for k in ("loss", "d_true", "d_false", "pair_acc")})
     if cfg.eval_split:
         report = judge_report(model, split_clips(cfg.corpus, cfg.eval_split, cfg.eval_videos), cfg.eval_shift,
-                              run_dir / "report", progress)
+                              Path(run_dir) / "report", progress)
         result.update(report["summary"])
-    _write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    write_json(Path(run_dir) / "metrics.json", result)
     return result
 
 # %% ../nbs/08b_judge.ipynb #6db14d82
@@ -365,26 +381,31 @@ def judge_report(judge, # `SyncNetV2` (or anything with forward_lip/forward_aud 
     if out_dir is not None:
         out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
         cols = list(rows[0])
-        _write_text_atomic(out / "judge_report.csv", "\n".join([",".join(cols)] + [",".join(str(r[k]) for k in cols) for r in rows]) + "\n")
-        _write_text_atomic(out / "judge_report.json", json.dumps(dict(summary=summary, shift=shift), indent=2) + "\n")
+        atomic_write(out / "judge_report.csv", "\n".join([",".join(cols)] + [",".join(str(r[k]) for k in cols) for r in rows]) + "\n")
+        write_json(out / "judge_report.json", dict(summary=summary, shift=shift))
     return dict(rows=rows, summary=summary)
 
 # %% ../nbs/08b_judge.ipynb #a7e9085c
-def cli_train_judge(argv=None # arguments after `train-judge` (default: sys.argv[1:])
-                   ) -> int:
-    "`attnwav2lip train-judge`: train the evaluation judge (a small SyncNet v2) and report its discrimination."
-    ap = argparse.ArgumentParser(prog="attnwav2lip train-judge", description=train_judge.__doc__)
-    ap.add_argument("--params", default=None, help="params.yaml (default: ./params.yaml if present)")
-    ap.add_argument("--run-dir", default="runs/judge", help="the run folder")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="judge.KEY=VALUE",
-                    help="override a params value, e.g. --set judge.steps=200 (repeatable)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = ap.parse_args(argv)
-    try:
-        cfg = config_from_dict(JudgeConfig, load_params(args.params, args.overrides).get("judge"), "judge")
-        result = train_judge(cfg, args.run_dir, progress=not args.quiet)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"attnwav2lip train-judge: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+def cli_lse(argv=None):
+    "Score videos with SyncNet (LSE-D / LSE-C) and write one aggregated report."
+    p = argparse.ArgumentParser(prog="attnwav2lip lse", description=cli_lse.__doc__)
+    p.add_argument("inputs", nargs="+", help="video files, folders (searched recursively) or .txt filelists")
+    p.add_argument("--weights", required=True, help="syncnet_v2.model, a checkpoint with its state-dict keys, or a judge checkpoint")
+    p.add_argument("--out", default="lse_report", help="report folder (lse_per_video.csv, lse_summary.json/.md)")
+    p.add_argument("--crop-faces", action="store_true", help="score face-track crops instead of the whole frame (a judge trained on crops always does)")
+    p.add_argument("--detector", default="blazeface", help="face detector for --crop-faces")
+    p.add_argument("--official-jpeg", action="store_true", help="decode frames via ffmpeg → JPEG → imread as the official scripts")
+    p.add_argument("--vshift", type=int, default=15, help="offsets ±vshift frames are searched")
+    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
+    a = p.parse_args(argv)
+    try: model = load_judge(a.weights, a.device)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"attnwav2lip lse: {e}", file=sys.stderr)
+        return 2
+    crop = dict(crop_faces=True, detector=a.detector) if a.crop_faces else {}
+    cfg = judge_lse_config(model, vshift=a.vshift, batch_size=a.batch_size, official_jpeg=a.official_jpeg, **crop)
+    s = score_videos(a.inputs, model, a.out, cfg, meta=dict(weights=str(a.weights)))
+    fmt = lambda k: "n/a" if s[k]["mean"] is None else f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
+    print(f"LSE-D {fmt('lse_d')}  LSE-C {fmt('lse_c')}  ({s['n_scored']}/{s['n_videos']} videos scored) → {a.out}")
+    return 0 if s["n_scored"] else 1

@@ -5,15 +5,12 @@
 # %% ../nbs/08_lse.ipynb #8fa79a46
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import math
 import os
 import pickle
 import subprocess
-import sys
 import tempfile
 import types
 import warnings
@@ -29,6 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .faces import get_detector
+from .runs import atomic_write, write_json
+
 # %% auto #0
 __all__ = ['SAMPLES_PER_FRAME', 'MFCC_PER_FRAME', 'LIP_FRAMES', 'MFCC_STEPS', 'ORACLE_GREY0', 'ORACLE_GREY_STEP', 'ORACLE_AMP0',
            'ORACLE_HZ', 'VIDEO_SUFFIXES', 'REPORT_FIELDS', 'SyncNetV2Config', 'SyncNetV2', 'read_syncnet_state',
@@ -36,7 +36,7 @@ __all__ = ['SAMPLES_PER_FRAME', 'MFCC_PER_FRAME', 'LIP_FRAMES', 'MFCC_STEPS', 'O
            'mfcc_frame_count', 'dct_ortho', 'mfcc', 'syncnet_mfcc', 'lse_window_count', 'window_spans',
            'syncnet_features', 'calc_pdist', 'sync_scores', 'read_audio_int16', 'read_video_frames', 'medfilt_zero',
            'face_track', 'face_crops', 'resize_frames', 'LSEConfig', 'lse_scores_av', 'lse_scores', 'oracle_av',
-           'OracleSync', 'collect_videos', 'summarise_rows', 'report_markdown', 'score_videos', 'cli_lse']
+           'OracleSync', 'collect_videos', 'summarise_rows', 'report_markdown', 'score_videos']
 
 # %% ../nbs/08_lse.ipynb #165857e2
 @dataclass
@@ -407,9 +407,7 @@ class LSEConfig:
 
 
 def _get_detector(detector):
-    if not isinstance(detector, str): return detector
-    from attnwav2lip.faces import get_detector
-    return get_detector(detector)
+    return get_detector(detector) if isinstance(detector, str) else detector
 
 
 def lse_scores_av(frames, # (T,H,W,3) uint8 BGR, any size
@@ -510,12 +508,6 @@ def summarise_rows(rows: list[dict], # `score_videos` rows
                 failed=[dict(video=r["video"], error=r["error"]) for r in rows if r["status"] != "ok"])
 
 
-def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def report_markdown(summary: dict) -> str:
     "The summary as a short markdown report."
     fmt = lambda s: "–" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
@@ -556,33 +548,7 @@ def score_videos(inputs, # video files, folders and/or .txt filelists
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=REPORT_FIELDS)
     writer.writeheader(); writer.writerows(rows)
-    _write_atomic(out / "lse_per_video.csv", buf.getvalue())
-    _write_atomic(out / "lse_summary.json", json.dumps(summary, indent=2) + "\n")
-    _write_atomic(out / "lse_summary.md", report_markdown(summary))
+    atomic_write(out / "lse_per_video.csv", buf.getvalue())
+    write_json(out / "lse_summary.json", summary)
+    atomic_write(out / "lse_summary.md", report_markdown(summary))
     return summary
-
-# %% ../nbs/08_lse.ipynb #041cf3b2
-def cli_lse(argv=None):
-    "Score videos with SyncNet (LSE-D / LSE-C) and write one aggregated report."
-    p = argparse.ArgumentParser(prog="attnwav2lip lse", description=cli_lse.__doc__)
-    p.add_argument("inputs", nargs="+", help="video files, folders (searched recursively) or .txt filelists")
-    p.add_argument("--weights", required=True, help="syncnet_v2.model, a checkpoint with its state-dict keys, or a judge checkpoint")
-    p.add_argument("--out", default="lse_report", help="report folder (lse_per_video.csv, lse_summary.json/.md)")
-    p.add_argument("--crop-faces", action="store_true", help="score face-track crops instead of the whole frame (a judge trained on crops always does)")
-    p.add_argument("--detector", default="blazeface", help="face detector for --crop-faces")
-    p.add_argument("--official-jpeg", action="store_true", help="decode frames via ffmpeg → JPEG → imread as the official scripts")
-    p.add_argument("--vshift", type=int, default=15, help="offsets ±vshift frames are searched")
-    p.add_argument("--batch-size", type=int, default=20)
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
-    a = p.parse_args(argv)
-    from attnwav2lip.judge import judge_lse_config, load_judge   # the judge module builds on this one
-    try: model = load_judge(a.weights, a.device)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"attnwav2lip lse: {e}", file=sys.stderr)
-        return 2
-    crop = dict(crop_faces=True, detector=a.detector) if a.crop_faces else {}
-    cfg = judge_lse_config(model, vshift=a.vshift, batch_size=a.batch_size, official_jpeg=a.official_jpeg, **crop)
-    s = score_videos(a.inputs, model, a.out, cfg, meta=dict(weights=str(a.weights)))
-    fmt = lambda k: "n/a" if s[k]["mean"] is None else f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
-    print(f"LSE-D {fmt('lse_d')}  LSE-C {fmt('lse_c')}  ({s['n_scored']}/{s['n_videos']} videos scored) → {a.out}")
-    return 0 if s["n_scored"] else 1

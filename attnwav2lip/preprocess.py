@@ -25,6 +25,7 @@ from tqdm import tqdm
 from attnwav2lip.faces import (
     ProvidedBoxes, crop_face, detection_recall, get_detector, interpolate_boxes, pad_box, read_boxes, recall_rates,
     smooth_boxes)
+from .runs import atomic_write
 
 # %% auto #0
 __all__ = ['OUTPUT_FIELDS', 'DONE', 'SPLITS', 'ffmpeg_exe', 'probe_video', 'read_video', 'extract_audio', 'write_video',
@@ -273,11 +274,6 @@ def corpus_filelists(src_root: str | Path) -> dict:
             if cand.is_file(): found[split] = cand; break
     return found
 
-def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 # %% ../nbs/05_preprocess.ipynb #4497c071
 def _check_resume(out: Path, cfg: PreprocessConfig):
     "A resumed run must write crops the same way as the finished ones."
@@ -287,7 +283,7 @@ def _check_resume(out: Path, cfg: PreprocessConfig):
         before = json.loads(path.read_text())
         diff = {k: (before.get(k), now[k]) for k in now if before.get(k) != now[k]}
         if diff: raise ValueError(f"{out} was preprocessed with other settings {diff} (before, now); use another output folder")
-    else: _write_atomic(path, json.dumps(now, indent=1))
+    else: atomic_write(path, json.dumps(now, indent=1))
 
 def preprocess_corpus(src_root: str | Path, # corpus root (LRS2-style main/<speaker>/<clip>.mp4, or any <parent>/<clip>.mp4 tree)
                       out_root: str | Path, # output root: <out>/<speaker>/<clip>/{<frame>.jpg, audio.wav, done.json}
@@ -318,7 +314,7 @@ def preprocess_corpus(src_root: str | Path, # corpus root (LRS2-style main/<spea
     filelists = {}
     for split, path in corpus_filelists(src_root).items():
         lines = [l for l in path.read_text().splitlines() if l.strip() and _entry_id(l) in kept]
-        _write_atomic(out / f"{split}.txt", "".join(f"{_entry_id(l)}{l.strip()[len(l.split()[0]):]}\n" for l in lines))
+        atomic_write(out / f"{split}.txt", "".join(f"{_entry_id(l)}{l.strip()[len(l.split()[0]):]}\n" for l in lines))
         filelists[split] = len(lines)
     clips = list(kept.values()) + dropped
     gts = [c["gt"] for c in clips if c.get("gt")]
@@ -332,7 +328,7 @@ def preprocess_corpus(src_root: str | Path, # corpus root (LRS2-style main/<spea
         frames_missing=sum(c["missing"] for c in kept.values()),
         ground_truth=dict(clips=len(gts), **pooled, **recall_rates(**pooled)) if gts else None,
         filelists=filelists, dropped=dropped, seconds=round(time.perf_counter() - t0, 2))
-    _write_atomic(out / "preprocess_report.json", json.dumps(summary, indent=1))
+    atomic_write(out / "preprocess_report.json", json.dumps(summary, indent=1))
     if verbose: print(format_summary(summary))
     return summary
 

@@ -21,8 +21,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from fastcore.basics import patch
 from scipy.signal import resample_poly
 from tqdm import tqdm
+
+from .runs import atomic_write
 
 # %% auto #0
 __all__ = ['SILENCE', 'VISEME_PARAMS', 'VISEMES', 'PHONEME_VISEMES', 'HAIR_STYLES', 'VOICE_ACCENTS', 'VOICE_VARIANTS',
@@ -39,18 +42,20 @@ _POS_CHARACTER, _CHARS_UTF8 = 1, 1
 _EVENT_LIST_TERMINATED, _EVENT_PHONEME = 0, 7
 _PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4
 
-
+# %% ../nbs/03_synthetic.ipynb #84efa812
 class _EspeakEvent(ctypes.Structure):
     _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
                 ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
                 ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
 
-
+# %% ../nbs/03_synthetic.ipynb #baead0a1
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
                                   ctypes.POINTER(_EspeakEvent))
+
+# %% ../nbs/03_synthetic.ipynb #f2d4cd52
 _close_library = getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary")
 
-
+# %% ../nbs/03_synthetic.ipynb #1b7697df
 class ESpeak:
     "espeak-ng from the `espeakng-loader` wheel: `synthesize(text, …)` → int16 samples and IPA phoneme events."
     _shared = None
@@ -77,57 +82,64 @@ class ESpeak:
             if cls._shared is None: cls._shared = cls()
             return cls._shared
 
-    def _collect(self, wav, n, events):
-        if n > 0: self._wav.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        i = 0
-        while events[i].type != _EVENT_LIST_TERMINATED:
-            if events[i].type == _EVENT_PHONEME:
-                self._events.append((events[i].sample, events[i].id.decode("utf-8", "ignore")))
-            i += 1
-        return 0
+# %% ../nbs/03_synthetic.ipynb #10a73fb0
+@patch
+def _collect(self: ESpeak, wav, n, events):
+    if n > 0: self._wav.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+    i = 0
+    while events[i].type != _EVENT_LIST_TERMINATED:
+        if events[i].type == _EVENT_PHONEME:
+            self._events.append((events[i].sample, events[i].id.decode("utf-8", "ignore")))
+        i += 1
+    return 0
 
-    def _with_library(self, fn):
-        "Load a fresh library instance, initialise it, run `fn(lib)`, unload it; returns the sample rate."
-        try: lib = ctypes.CDLL(self.library_path, mode=getattr(os, "RTLD_LOCAL", 0))
-        except OSError as e: raise RuntimeError(f"cannot load the espeak-ng library {self.library_path}: {e}") from e
-        try:
-            lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-            sr = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(),
-                                       _INIT_PHONEME_EVENTS | _INIT_PHONEME_IPA | _INIT_DONT_EXIT)
-            if sr <= 0: raise RuntimeError(f"espeak-ng failed to initialise with its data at {self.data_path} ({sr})")
-            lib.espeak_SetSynthCallback(self._callback)
-            try: fn(lib)
-            finally: lib.espeak_Terminate()
-            return sr
-        finally: _close_library(lib._handle)
+# %% ../nbs/03_synthetic.ipynb #513b4e4c
+@patch
+def _with_library(self: ESpeak, fn):
+    "Load a fresh library instance, initialise it, run `fn(lib)`, unload it; returns the sample rate."
+    try: lib = ctypes.CDLL(self.library_path, mode=getattr(os, "RTLD_LOCAL", 0))
+    except OSError as e: raise RuntimeError(f"cannot load the espeak-ng library {self.library_path}: {e}") from e
+    try:
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        sr = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(),
+                                   _INIT_PHONEME_EVENTS | _INIT_PHONEME_IPA | _INIT_DONT_EXIT)
+        if sr <= 0: raise RuntimeError(f"espeak-ng failed to initialise with its data at {self.data_path} ({sr})")
+        lib.espeak_SetSynthCallback(self._callback)
+        try: fn(lib)
+        finally: lib.espeak_Terminate()
+        return sr
+    finally: _close_library(lib._handle)
 
-    def synthesize(self,
-                   text: str,           # what to say (UTF-8)
-                   voice: str = "en-us", # espeak-ng voice name, optionally with a variant ("en+f3")
-                   rate: int = 170,      # words per minute
-                   pitch: int = 50,      # base pitch, 0–100
-                   pitch_range: int = 50, # intonation range, 0–100
-                  ) -> tuple:
-        "Speak `text`: (int16 samples at `sample_rate`, [(start sample, IPA phoneme)])."
-        def speak(lib):
-            if lib.espeak_SetVoiceByName(voice.encode()) != 0: raise ValueError(f"espeak-ng rejected the voice {voice!r}")
-            for key, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch), (_PARAM_RANGE, pitch_range)):
-                lib.espeak_SetParameter(key, int(value), 0)
-            lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-            lib.espeak_ng_SetRandSeed(1)
-            data = text.encode("utf-8")
-            err = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            if err != 0: raise RuntimeError(f"espeak-ng could not synthesise {text!r} (error {err})")
-            lib.espeak_Synchronize()
-        with self._lock:
-            self._wav, self._events = [], []
-            self._with_library(speak)
-            wav = np.concatenate(self._wav) if self._wav else np.zeros(0, np.int16)
-            return wav, list(self._events)
+# %% ../nbs/03_synthetic.ipynb #2b367892
+@patch
+def synthesize(self: ESpeak,
+               text: str,           # what to say (UTF-8)
+               voice: str = "en-us", # espeak-ng voice name, optionally with a variant ("en+f3")
+               rate: int = 170,      # words per minute
+               pitch: int = 50,      # base pitch, 0–100
+               pitch_range: int = 50, # intonation range, 0–100
+              ) -> tuple:
+    "Speak `text`: (int16 samples at `sample_rate`, [(start sample, IPA phoneme)])."
+    def speak(lib):
+        if lib.espeak_SetVoiceByName(voice.encode()) != 0: raise ValueError(f"espeak-ng rejected the voice {voice!r}")
+        for key, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch), (_PARAM_RANGE, pitch_range)):
+            lib.espeak_SetParameter(key, int(value), 0)
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed(1)
+        data = text.encode("utf-8")
+        err = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        if err != 0: raise RuntimeError(f"espeak-ng could not synthesise {text!r} (error {err})")
+        lib.espeak_Synchronize()
+    with self._lock:
+        self._wav, self._events = [], []
+        self._with_library(speak)
+        wav = np.concatenate(self._wav) if self._wav else np.zeros(0, np.int16)
+        return wav, list(self._events)
 
-# %% ../nbs/03_synthetic.ipynb #84efa812
+# %% ../nbs/03_synthetic.ipynb #ec82423d
 SILENCE = "_"
 
+# %% ../nbs/03_synthetic.ipynb #36147a92
 @dataclass
 class Utterance:
     "Speech with its phoneme timeline."
@@ -139,7 +151,7 @@ class Utterance:
     @property
     def duration(self) -> float: return len(self.wav) / self.sample_rate
 
-
+# %% ../nbs/03_synthetic.ipynb #db22b117
 def phoneme_timeline(events: list,    # [(start sample, IPA phoneme)] from `ESpeak.synthesize`
                      n_samples: int,  # length of the waveform
                      sample_rate: int, # Hz of the samples
@@ -154,7 +166,7 @@ def phoneme_timeline(events: list,    # [(start sample, IPA phoneme)] from `ESpe
         else: out.append((ph, s / sample_rate, e / sample_rate))
     return out
 
-
+# %% ../nbs/03_synthetic.ipynb #d9f7d865
 def speak(text: str,              # sentence to say
           voice: str = "en-us",   # espeak-ng voice ("en-us", "en+f3", …)
           rate: int = 170,        # words per minute
@@ -175,6 +187,7 @@ def speak(text: str,              # sentence to say
 # %% ../nbs/03_synthetic.ipynb #70624abc
 VISEME_PARAMS = ("open", "width", "round", "teeth", "lip_teeth")
 
+# %% ../nbs/03_synthetic.ipynb #75d1845d
 # viseme: (target (open, width, round, teeth, lip_teeth), dominance alpha, dominance decay theta in 1/s)
 VISEMES = {
     "sil":          ((0.00, 0.50, 0.00, 0.00, 0.0), 0.6, 10.),   # silence: lips together, relaxed
@@ -189,12 +202,16 @@ VISEMES = {
     "spread":       ((0.30, 0.95, 0.00, 0.80, 0.0), 0.5, 20.),   # i ɪ j
     "other":        ((0.30, 0.55, 0.00, 0.40, 0.0), 0.15, 30.),  # t d n k ɡ ŋ h l ɹ …: half open, weak
 }
+
+# %% ../nbs/03_synthetic.ipynb #4f3048df
 _VISEME_SYMBOLS = {"closed": "pbm", "lip_teeth": "fv", "dental": "θð", "sibilant": "sz", "postalveolar": "ʃʒ",
                    "rounded": "wuʊoɔɒʉɵ", "open": "aɑæʌɐ", "mid": "eɛəɜɚɝœø", "spread": "iɪᵻjy"}
 PHONEME_VISEMES = {ch: v for v, chars in _VISEME_SYMBOLS.items() for ch in chars}
+
+# %% ../nbs/03_synthetic.ipynb #10254f10
 _IGNORED_MARKS = set("ˈˌːˑ̩̪̃ʲʰ-")
 
-
+# %% ../nbs/03_synthetic.ipynb #1c2e2683
 def phoneme_visemes(phoneme: str, # one espeak IPA phoneme ('ˈaʊ', 'tʃ', '_' …)
                    ) -> list:
     "Visemes of one phoneme, one per sound it is made of (repeats merged): 'ˈaʊ' → ['open', 'rounded']."
@@ -234,9 +251,11 @@ _HAIR_RGB = np.array([(28, 24, 22), (58, 40, 30), (100, 70, 45), (140, 72, 40), 
                       (80, 55, 40)], np.float32)
 _IRIS_RGB = np.array([(90, 60, 30), (50, 35, 20), (80, 120, 170), (80, 120, 70), (120, 100, 50), (110, 120, 130)],
                      np.float32)
+
+# %% ../nbs/03_synthetic.ipynb #7e2328df
 HAIR_STYLES = ("short", "long", "bald", "fringe", "afro", "bun")
 
-
+# %% ../nbs/03_synthetic.ipynb #47d5a349
 @dataclass
 class FaceIdentity:
     "One drawn person. Colours are RGB; sizes are fractions of the frame (face width) or of the face."
@@ -267,11 +286,11 @@ class FaceIdentity:
     light: tuple              # unit light direction (x right, y down, z towards the camera)
     ambient: float            # ambient share of the lighting
 
-
+# %% ../nbs/03_synthetic.ipynb #64ebfa47
 def _hsv_to_rgb(h, s, v):
     return cv2.cvtColor(np.float32([[[h * 360, s, v]]]), cv2.COLOR_HSV2RGB)[0, 0] * 255
 
-
+# %% ../nbs/03_synthetic.ipynb #19eb2e32
 def random_identity(rng: np.random.Generator, # source of randomness
                    ) -> FaceIdentity:
     "A random `FaceIdentity`."
@@ -301,23 +320,27 @@ def random_identity(rng: np.random.Generator, # source of randomness
 # %% ../nbs/03_synthetic.ipynb #2098e2ca
 def _bgr(rgb) -> tuple: return tuple(int(round(float(c))) for c in np.clip(rgb, 0, 255)[::-1])
 
+# %% ../nbs/03_synthetic.ipynb #6a060738
 def _fill(img, pts, color):
     "Anti-aliased polygon fill with sub-pixel (1/16) vertices."
     cv2.fillPoly(img, [np.round(np.asarray(pts) * 16).astype(np.int32)], color, cv2.LINE_AA, shift=4)
 
+# %% ../nbs/03_synthetic.ipynb #07a2ebf3
 def _polyline(img, pts, color, thickness):
     cv2.polylines(img, [np.round(np.asarray(pts) * 16).astype(np.int32)], False, color,
                   max(1, int(round(thickness))), cv2.LINE_AA, shift=4)
 
+# %% ../nbs/03_synthetic.ipynb #4bf972b5
 def _circle(img, centre, radius, color):
     cv2.circle(img, tuple(int(round(v * 16)) for v in centre), int(round(radius * 16)), color, -1, cv2.LINE_AA, 4)
 
+# %% ../nbs/03_synthetic.ipynb #e335c09f
 def _ellipse(cx, cy, ax, ay, n=64, a0=0.0, a1=2 * np.pi):
     "Points on an axis-aligned ellipse (arc from a0 to a1)."
     t = np.linspace(a0, a1, n)
     return np.stack([cx + ax * np.cos(t), cy + ay * np.sin(t)], 1)
 
-
+# %% ../nbs/03_synthetic.ipynb #55dcd491
 class FaceRenderer:
     "Draws one identity at one placement; `frame(mouth, motion, blink)` gives a frame and its face/mouth boxes."
 
@@ -336,243 +359,268 @@ class FaceRenderer:
         self._draw_head()
         self._draw_scene()
 
-    # -- canonical geometry, relative to the head centre --
-    def _face_outline(self, n=96):
-        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-        narrowing = 1 - (1 - self.id.jaw) * np.clip(np.sin(t), 0, None) ** 2
-        return np.stack([self.W * np.cos(t) * narrowing, self.H * np.sin(t)], 1)
+# %% ../nbs/03_synthetic.ipynb #37384c2c
+@patch
+def _face_outline(self: FaceRenderer, n=96):
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    narrowing = 1 - (1 - self.id.jaw) * np.clip(np.sin(t), 0, None) ** 2
+    return np.stack([self.W * np.cos(t) * narrowing, self.H * np.sin(t)], 1)
 
-    def _half_width_at(self, y):
-        s = float(np.clip(y / self.H, -1, 1))
-        return self.W * np.sqrt(1 - s * s) * (1 - (1 - self.id.jaw) * max(s, 0) ** 2)
+@patch
+def _half_width_at(self: FaceRenderer, y):
+    s = float(np.clip(y / self.H, -1, 1))
+    return self.W * np.sqrt(1 - s * s) * (1 - (1 - self.id.jaw) * max(s, 0) ** 2)
 
-    def _eye(self, side):
-        i, W, H = self.id, self.W, self.H
-        ex, ey = side * i.eye_spacing * W, i.eye_y * H
-        ew, eh = 0.17 * W * i.eye_size, 0.075 * H * i.eye_size
-        x = np.linspace(-1, 1, 25)
-        upper = np.stack([ex + ew * x, ey - eh * (1 - x * x) ** 0.8 - 0.15 * eh * side * x], 1)
-        lower = np.stack([ex + ew * x, ey + 0.7 * eh * (1 - x * x) ** 1.1 - 0.1 * eh * side * x], 1)
-        return ex, ey, ew, eh, upper, lower
+# %% ../nbs/03_synthetic.ipynb #8ec448c0
+@patch
+def _eye(self: FaceRenderer, side):
+    i, W, H = self.id, self.W, self.H
+    ex, ey = side * i.eye_spacing * W, i.eye_y * H
+    ew, eh = 0.17 * W * i.eye_size, 0.075 * H * i.eye_size
+    x = np.linspace(-1, 1, 25)
+    upper = np.stack([ex + ew * x, ey - eh * (1 - x * x) ** 0.8 - 0.15 * eh * side * x], 1)
+    lower = np.stack([ex + ew * x, ey + 0.7 * eh * (1 - x * x) ** 1.1 - 0.1 * eh * side * x], 1)
+    return ex, ey, ew, eh, upper, lower
 
-    def face_box_outline(self) -> np.ndarray:
-        "Canonical-layer points whose bounding box is the ground-truth face box (cheeks, brows to chin)."
-        top = (self.id.eye_y - self.id.brow_height - 0.12) * self.H
-        o = self._face_outline(192)
-        return o[o[:, 1] >= top] + self.c0
+# %% ../nbs/03_synthetic.ipynb #5a4e0987
+@patch
+def face_box_outline(self: FaceRenderer) -> np.ndarray:
+    "Canonical-layer points whose bounding box is the ground-truth face box (cheeks, brows to chin)."
+    top = (self.id.eye_y - self.id.brow_height - 0.12) * self.H
+    o = self._face_outline(192)
+    return o[o[:, 1] >= top] + self.c0
 
-    # -- static layers --
-    def _draw_head(self):
-        i, S, W, H, c0 = self.id, self.S, self.W, self.H, self.c0
-        col, alpha = np.zeros((S, S, 3), np.uint8), np.zeros((S, S), np.uint8)
-        skin, hair = np.array(i.skin), np.array(i.hair)
+# %% ../nbs/03_synthetic.ipynb #232bd03d
+@patch
+def _draw_head(self: FaceRenderer):
+    i, S, W, H, c0 = self.id, self.S, self.W, self.H, self.c0
+    col, alpha = np.zeros((S, S, 3), np.uint8), np.zeros((S, S), np.uint8)
+    skin, hair = np.array(i.skin), np.array(i.hair)
 
-        def put(pts, rgb):
-            _fill(col, np.asarray(pts) + c0, _bgr(rgb))
-            _fill(alpha, np.asarray(pts) + c0, 255)
+    def put(pts, rgb):
+        _fill(col, np.asarray(pts) + c0, _bgr(rgb))
+        _fill(alpha, np.asarray(pts) + c0, 255)
 
-        if i.hair_style == "long":
-            put(np.concatenate([_ellipse(0, -0.1 * H, 1.22 * W, 1.1 * H, 48, np.pi, 2 * np.pi),
-                                [[1.3 * W, 1.15 * H], [-1.3 * W, 1.15 * H]]]), hair)
-        elif i.hair_style == "afro": put(_ellipse(0, -0.32 * H, 1.42 * W, 1.0 * H), hair)
-        elif i.hair_style == "bun": put(_ellipse(0, -1.15 * H, 0.45 * W, 0.32 * H), hair)
-        put([[-0.45 * W, 0.4 * H], [0.45 * W, 0.4 * H], [0.5 * W, S], [-0.5 * W, S]], skin * 0.8)     # neck
-        for side in (-1, 1):                                                                          # ears
-            ey = (0.05 + i.eye_y) * H
-            ex = side * (self._half_width_at(ey) - 0.05 * W)
-            put(_ellipse(ex, ey, 0.16 * W, 0.26 * H), skin * 0.92)
-            put(_ellipse(ex + side * 0.04 * W, ey, 0.08 * W, 0.16 * H), skin * 0.75)
-        put(self._face_outline(), skin)
-        if i.hair_style != "bald":                                                                    # hair cap
-            yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
-            x, y = (xx - c0[0]) / W, (yy - c0[1]) / H
-            cap = (x / 1.06) ** 2 + ((y + 0.16) / 1.04) ** 2 <= 1
-            line = i.hairline + (0.05 * x * x + 0.12 if i.hair_style == "fringe" else 0.18 * x * x)
-            sides = np.clip((np.abs(x) - 0.72) / 0.28, 0, 1) ** 2 * (i.eye_y - i.hairline)
-            m = cv2.GaussianBlur((cap & (y < line + sides)).astype(np.float32), (0, 0), 0.6 * self.ss)[..., None]
-            noise = np.random.default_rng(i.hair_seed).standard_normal((S, S)).astype(np.float32)
-            strands = cv2.GaussianBlur(noise, (0, 0), 0.3 * self.ss, sigmaY=4 * self.ss)              # falls down
-            tone = (np.array(_bgr(hair), np.float32) * (1 + 1.2 * strands)[..., None]).clip(0, 255)
-            col[:] = (col * (1 - m) + tone * m).astype(np.uint8)
-            alpha[:] = np.maximum(alpha, (m[..., 0] * 255).astype(np.uint8))
-        for side in (-1, 1):                                                                          # brows
-            ex, ey, ew, eh, _, _ = self._eye(side)
-            bx = np.linspace(-0.65, 0.65, 12)
-            by = ey - i.brow_height * H - 0.05 * H * (1 - bx * bx) - i.brow_tilt * H * side * bx
-            _polyline(col, np.stack([ex + 1.05 * ew * bx, by], 1) + c0, _bgr(hair * 0.8), i.brow_thickness * H)
-        self.shade = self._shading()
-        self.head = (col.astype(np.float32) * self.shade[..., None]).clip(0, 255).astype(np.uint8)
-        self.alpha = alpha
-        for side in (-1, 1): self._draw_eye(side)
-        self._draw_nose()
-
-    def _shading(self):
-        "Lambertian light on an ellipsoid (head) and a cylinder (neck), times blurred contact shadows."
-        i, S, W, H, c0 = self.id, self.S, self.W, self.H, self.c0
+    if i.hair_style == "long":
+        put(np.concatenate([_ellipse(0, -0.1 * H, 1.22 * W, 1.1 * H, 48, np.pi, 2 * np.pi),
+                            [[1.3 * W, 1.15 * H], [-1.3 * W, 1.15 * H]]]), hair)
+    elif i.hair_style == "afro": put(_ellipse(0, -0.32 * H, 1.42 * W, 1.0 * H), hair)
+    elif i.hair_style == "bun": put(_ellipse(0, -1.15 * H, 0.45 * W, 0.32 * H), hair)
+    put([[-0.45 * W, 0.4 * H], [0.45 * W, 0.4 * H], [0.5 * W, S], [-0.5 * W, S]], skin * 0.8)     # neck
+    for side in (-1, 1):                                                                          # ears
+        ey = (0.05 + i.eye_y) * H
+        ex = side * (self._half_width_at(ey) - 0.05 * W)
+        put(_ellipse(ex, ey, 0.16 * W, 0.26 * H), skin * 0.92)
+        put(_ellipse(ex + side * 0.04 * W, ey, 0.08 * W, 0.16 * H), skin * 0.75)
+    put(self._face_outline(), skin)
+    if i.hair_style != "bald":                                                                    # hair cap
         yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
-        nx, ny = (xx - c0[0]) / (1.15 * W), (yy - c0[1] - 0.05 * H) / (1.2 * H)
-        nz = np.sqrt(1 - np.clip(nx * nx + ny * ny, 0, 0.98))
-        lam = np.clip((nx * i.light[0] + ny * i.light[1] + nz * i.light[2]) / np.sqrt(nx * nx + ny * ny + nz * nz), 0, 1)
-        shade = i.ambient + (1.05 - i.ambient) * lam
-        cx = np.clip((xx - c0[0]) / (0.5 * W), -0.99, 0.99)
-        neck = i.ambient + (1.05 - i.ambient) * np.clip(cx * i.light[0] + np.sqrt(1 - cx * cx) * i.light[2], 0, 1)
-        shade = np.where(yy - c0[1] > 0.95 * H, neck, shade)
-        occ = np.ones((S, S), np.float32)
-        at = lambda x, y: (float(x + c0[0]), float(y + c0[1]))
-        for side in (-1, 1):
-            ex, ey, ew, eh, _, _ = self._eye(side)
-            cv2.ellipse(occ, (at(ex, ey - 0.2 * eh), (2.6 * ew, 4.2 * eh), 0), 0.86, -1)
-        away = -np.sign(i.light[0]) if abs(i.light[0]) > 0.1 else 1.0                # nose side facing away
-        tip = i.nose_length * H
-        _fill(occ, np.array([[away * 0.05 * W, i.eye_y * H], [away * 0.16 * W, tip], [away * 0.03 * W, tip],
-                             [away * 0.01 * W, i.eye_y * H]]) + c0, 0.8)
-        cv2.ellipse(occ, (at(0, tip + 0.06 * H), (0.42 * W, 0.09 * H), 0), 0.82, -1)
-        cv2.ellipse(occ, (at(0, (i.mouth_y + 0.2) * H), (0.5 * W, 0.1 * H), 0), 0.88, -1)
-        occ = cv2.GaussianBlur(occ, (0, 0), 0.05 * W)
-        below_chin = np.zeros((S, S), np.float32)
-        _fill(below_chin, np.array([[-0.5 * W, 0.7 * H], [0.5 * W, 0.7 * H], [0.5 * W, 1.25 * H],
-                                    [-0.5 * W, 1.25 * H]]) + c0, 1.0)
-        _fill(below_chin, self._face_outline() + c0, 0.0)
-        shade = shade * occ * (1 - 0.35 * cv2.GaussianBlur(below_chin, (0, 0), 0.06 * W))
-        tip_px = (int(c0[0] - away * 0.03 * W), int(c0[1] + tip - 0.05 * H))
-        cv2.circle(shade, tip_px, max(1, int(0.04 * W)), float(shade[tip_px[1], tip_px[0]] * 1.12), -1, cv2.LINE_AA)
-        return shade
+        x, y = (xx - c0[0]) / W, (yy - c0[1]) / H
+        cap = (x / 1.06) ** 2 + ((y + 0.16) / 1.04) ** 2 <= 1
+        line = i.hairline + (0.05 * x * x + 0.12 if i.hair_style == "fringe" else 0.18 * x * x)
+        sides = np.clip((np.abs(x) - 0.72) / 0.28, 0, 1) ** 2 * (i.eye_y - i.hairline)
+        m = cv2.GaussianBlur((cap & (y < line + sides)).astype(np.float32), (0, 0), 0.6 * self.ss)[..., None]
+        noise = np.random.default_rng(i.hair_seed).standard_normal((S, S)).astype(np.float32)
+        strands = cv2.GaussianBlur(noise, (0, 0), 0.3 * self.ss, sigmaY=4 * self.ss)              # falls down
+        tone = (np.array(_bgr(hair), np.float32) * (1 + 1.2 * strands)[..., None]).clip(0, 255)
+        col[:] = (col * (1 - m) + tone * m).astype(np.uint8)
+        alpha[:] = np.maximum(alpha, (m[..., 0] * 255).astype(np.uint8))
+    for side in (-1, 1):                                                                          # brows
+        ex, ey, ew, eh, _, _ = self._eye(side)
+        bx = np.linspace(-0.65, 0.65, 12)
+        by = ey - i.brow_height * H - 0.05 * H * (1 - bx * bx) - i.brow_tilt * H * side * bx
+        _polyline(col, np.stack([ex + 1.05 * ew * bx, by], 1) + c0, _bgr(hair * 0.8), i.brow_thickness * H)
+    self.shade = self._shading()
+    self.head = (col.astype(np.float32) * self.shade[..., None]).clip(0, 255).astype(np.uint8)
+    self.alpha = alpha
+    for side in (-1, 1): self._draw_eye(side)
+    self._draw_nose()
 
-    def _shade_at(self, x, y): return float(self.shade[int(self.c0[1] + y), int(self.c0[0] + x)])
+# %% ../nbs/03_synthetic.ipynb #785dd07e
+@patch
+def _shading(self: FaceRenderer):
+    "Lambertian light on an ellipsoid (head) and a cylinder (neck), times blurred contact shadows."
+    i, S, W, H, c0 = self.id, self.S, self.W, self.H, self.c0
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
+    nx, ny = (xx - c0[0]) / (1.15 * W), (yy - c0[1] - 0.05 * H) / (1.2 * H)
+    nz = np.sqrt(1 - np.clip(nx * nx + ny * ny, 0, 0.98))
+    lam = np.clip((nx * i.light[0] + ny * i.light[1] + nz * i.light[2]) / np.sqrt(nx * nx + ny * ny + nz * nz), 0, 1)
+    shade = i.ambient + (1.05 - i.ambient) * lam
+    cx = np.clip((xx - c0[0]) / (0.5 * W), -0.99, 0.99)
+    neck = i.ambient + (1.05 - i.ambient) * np.clip(cx * i.light[0] + np.sqrt(1 - cx * cx) * i.light[2], 0, 1)
+    shade = np.where(yy - c0[1] > 0.95 * H, neck, shade)
+    occ = np.ones((S, S), np.float32)
+    at = lambda x, y: (float(x + c0[0]), float(y + c0[1]))
+    for side in (-1, 1):
+        ex, ey, ew, eh, _, _ = self._eye(side)
+        cv2.ellipse(occ, (at(ex, ey - 0.2 * eh), (2.6 * ew, 4.2 * eh), 0), 0.86, -1)
+    away = -np.sign(i.light[0]) if abs(i.light[0]) > 0.1 else 1.0                # nose side facing away
+    tip = i.nose_length * H
+    _fill(occ, np.array([[away * 0.05 * W, i.eye_y * H], [away * 0.16 * W, tip], [away * 0.03 * W, tip],
+                         [away * 0.01 * W, i.eye_y * H]]) + c0, 0.8)
+    cv2.ellipse(occ, (at(0, tip + 0.06 * H), (0.42 * W, 0.09 * H), 0), 0.82, -1)
+    cv2.ellipse(occ, (at(0, (i.mouth_y + 0.2) * H), (0.5 * W, 0.1 * H), 0), 0.88, -1)
+    occ = cv2.GaussianBlur(occ, (0, 0), 0.05 * W)
+    below_chin = np.zeros((S, S), np.float32)
+    _fill(below_chin, np.array([[-0.5 * W, 0.7 * H], [0.5 * W, 0.7 * H], [0.5 * W, 1.25 * H],
+                                [-0.5 * W, 1.25 * H]]) + c0, 1.0)
+    _fill(below_chin, self._face_outline() + c0, 0.0)
+    shade = shade * occ * (1 - 0.35 * cv2.GaussianBlur(below_chin, (0, 0), 0.06 * W))
+    tip_px = (int(c0[0] - away * 0.03 * W), int(c0[1] + tip - 0.05 * H))
+    cv2.circle(shade, tip_px, max(1, int(0.04 * W)), float(shade[tip_px[1], tip_px[0]] * 1.12), -1, cv2.LINE_AA)
+    return shade
 
-    def _draw_eye(self, side):
-        i, c0, img = self.id, self.c0, self.head
+@patch
+def _shade_at(self: FaceRenderer, x, y): return float(self.shade[int(self.c0[1] + y), int(self.c0[0] + x)])
+
+# %% ../nbs/03_synthetic.ipynb #c3abcccf
+@patch
+def _draw_eye(self: FaceRenderer, side):
+    i, c0, img = self.id, self.c0, self.head
+    ex, ey, ew, eh, upper, lower = self._eye(side)
+    s = self._shade_at(ex, ey)
+    almond = np.concatenate([upper, lower[::-1]]) + c0
+    (x0, y0), (x1, y1) = np.floor(almond.min(0)).astype(int) - 2, np.ceil(almond.max(0)).astype(int) + 3
+    roi = img[y0:y1, x0:x1]
+    eye = roi.copy()
+    _fill(eye, almond - (x0, y0), _bgr(np.array([238, 236, 230]) * min(1.0, s + 0.15)))
+    iris = np.array([ex + 0.05 * ew * side, ey + 0.1 * eh]) + c0 - (x0, y0)
+    _circle(eye, iris, 0.62 * eh, _bgr(np.array(i.iris) * s))
+    _circle(eye, iris, 0.28 * eh, (15, 12, 10))
+    _circle(eye, iris - 0.15 * eh, 0.1 * eh, (250, 250, 250))
+    mask = np.zeros(roi.shape[:2], np.uint8)
+    _fill(mask, almond - (x0, y0), 255)
+    m = (mask.astype(np.float32) / 255)[..., None]
+    roi[:] = (roi * (1 - m) + eye * m).astype(np.uint8)
+    _polyline(img, upper + c0 - (0, 0.05 * eh), (25, 20, 20), 0.2 * eh)                  # lashes
+    _polyline(img, lower + c0, _bgr(np.array(i.skin) * s * 0.7), 0.08 * eh)
+    _polyline(img, upper[4:-4] + c0 - (0, 0.55 * eh), _bgr(np.array(i.skin) * s * 0.78), 0.08 * eh)  # crease
+
+# %% ../nbs/03_synthetic.ipynb #d4d82fee
+@patch
+def _draw_nose(self: FaceRenderer):
+    i, W, H, c0 = self.id, self.W, self.H, self.c0
+    y = i.nose_length * H
+    skin = np.array(i.skin) * self._shade_at(0, y)
+    for side in (-1, 1):
+        cv2.ellipse(self.head, ((float(c0[0] + side * i.nose_width * 0.55 * W), float(c0[1] + y + 0.01 * H)),
+                                (0.1 * W, 0.045 * H), side * 15), _bgr(skin * 0.45), -1, cv2.LINE_AA)
+        t = np.linspace(-0.6, 0.9, 10)[:6] * np.pi
+        wing = np.stack([side * (i.nose_width * W + 0.04 * W * np.cos(t)), y - 0.03 * H + 0.05 * H * np.sin(t)], 1)
+        _polyline(self.head, wing + c0, _bgr(skin * 0.7), 0.012 * W * self.ss + 1)
+
+# %% ../nbs/03_synthetic.ipynb #6731b9d7
+@patch
+def _draw_scene(self: FaceRenderer):
+    "Background (gradient + vignette) and the shirt over the shoulders, under the head's base placement."
+    i, S = self.id, self.S
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) / S - 0.5
+    a = np.deg2rad(i.background_angle)
+    t = np.clip(xx * np.cos(a) + yy * np.sin(a) + 0.5, 0, 1)[..., None]
+    bg = np.array(_bgr(i.background[0]), np.float32) * (1 - t) + np.array(_bgr(i.background[1]), np.float32) * t
+    self.background = bg * (1 - 0.25 * (xx ** 2 + yy ** 2))[..., None]
+    cx, cy, sc = self.placement
+    W, H = self.W * sc, self.H * sc
+    shirt = np.zeros((S, S), np.float32)
+    _fill(shirt, _ellipse(cx, cy + 2.1 * H, 2.5 * W, 0.95 * H), 1.0)
+    _fill(shirt, np.array([[cx - 0.5 * W, cy + 1.1 * H], [cx + 0.5 * W, cy + 1.1 * H], [cx, cy + 1.55 * H]]), 0.0)
+    fall = 1.05 - 0.35 * np.clip((yy + 0.5 - (cy + 1.2 * H) / S) * 3, 0, 1)
+    self.shirt = np.array(_bgr(i.shirt), np.float32) * fall[..., None]
+    self.shirt_alpha = shirt[..., None]
+
+# %% ../nbs/03_synthetic.ipynb #32eca4e6
+@patch
+def mouth_outlines(self: FaceRenderer,
+                   params, # (open, width, round, teeth, lip_teeth)
+                  ) -> tuple:
+    "Outer lip outline, inner mouth outline, upper-teeth band (canonical, head-centred) and the inner height."
+    i, W, H = self.id, self.W, self.H
+    o, wd, rd, th, lt = (float(v) for v in params)
+    mw0 = i.mouth_width * W                                   # neutral half-width
+    mw = mw0 * (0.85 + 0.3 * wd) * (1 - 0.35 * rd)            # corners: spread out, rounded in
+    ih = o * 0.9 * mw0                                        # jaw drop
+    ul = i.lip_thickness * mw0 * (1 + 0.4 * rd)               # rounded lips protrude, look fuller
+    ll = 1.25 * ul * (1 - 0.35 * lt)                          # lower lip tucked under the teeth for f/v
+    yc, x = i.mouth_y * H, np.linspace(-1, 1, 25)
+    bell, bow = 1 - x * x, np.exp(-(x / 0.2) ** 2)
+    iw = mw * (0.92 - 0.25 * rd)
+    yu = yc - 0.12 * ih * bell
+    yl = yc + ih * bell ** (0.8 - 0.4 * rd) - lt * 0.25 * ul * bell
+    yuo = yu - ul * bell ** 0.45 * (1 - 0.3 * bow) - 0.02 * mw0
+    ylo = yl + ll * bell ** 0.5
+    outer = np.concatenate([np.stack([x * mw, yuo], 1), np.stack([x[::-1] * mw, ylo[::-1]], 1)])
+    inner = np.concatenate([np.stack([x * iw, yu], 1), np.stack([x[::-1] * iw, yl[::-1]], 1)])
+    tx, tu = x[3:-3], yu[3:-3]
+    low = tu + (th * 0.28 * mw0 + lt * 0.3 * ul) * (1 - 0.2 * tx * tx)
+    if lt < 0.3: low = np.minimum(low, yl[3:-3])              # teeth stay inside an open mouth
+    teeth = np.concatenate([np.stack([tx * iw, tu], 1), np.stack([tx[::-1] * iw, low[::-1]], 1)])
+    return outer, inner, teeth, ih
+
+# %% ../nbs/03_synthetic.ipynb #cf4f8d8d
+@patch
+def _draw_mouth(self: FaceRenderer, img, params):
+    c0, n = self.c0, 25
+    outer, inner, teeth, ih = self.mouth_outlines(params)
+    s = self._shade_at(0, self.id.mouth_y * self.H)
+    lip = np.array(self.id.lips) * s
+    _fill(img, outer + c0, _bgr(lip))
+    _fill(img, np.concatenate([outer[:n], inner[:n][::-1]]) + c0, _bgr(lip * 0.85))    # upper lip, darker
+    if ih > 0.35 * self.ss:
+        _fill(img, inner + c0, _bgr(np.array([70, 25, 30]) * s))                       # mouth interior
+        if ih > 3 * self.ss:
+            cv2.ellipse(img, ((float(c0[0]), float(inner[n + n // 2, 1] + c0[1] - 0.22 * ih)),
+                              (float(np.ptp(inner[:, 0]) * 0.5), 0.4 * ih), 0), _bgr(np.array([170, 75, 85]) * s),
+                        -1, cv2.LINE_AA)                                               # tongue
+    if params[3] > 0.05 or params[4] > 0.05: _fill(img, teeth + c0, _bgr(np.array([235, 232, 220]) * min(1, s + 0.1)))
+    else: _polyline(img, inner[:n] + c0, _bgr(lip * 0.45), 0.6 * self.ss)               # lips meet
+    shine = outer[n + 3:2 * n - 3].copy()
+    shine[:, 1] -= 0.45 * (shine[:, 1] - inner[3:n - 3][::-1, 1])
+    _polyline(img, shine[len(shine) // 3:2 * len(shine) // 3] + c0, _bgr(np.minimum(lip * 1.25, 255)), 0.4 * self.ss)
+    return outer
+
+# %% ../nbs/03_synthetic.ipynb #12cb5f73
+@patch
+def _draw_blink(self: FaceRenderer, img, amount):
+    for side in (-1, 1):
         ex, ey, ew, eh, upper, lower = self._eye(side)
-        s = self._shade_at(ex, ey)
-        almond = np.concatenate([upper, lower[::-1]]) + c0
-        (x0, y0), (x1, y1) = np.floor(almond.min(0)).astype(int) - 2, np.ceil(almond.max(0)).astype(int) + 3
-        roi = img[y0:y1, x0:x1]
-        eye = roi.copy()
-        _fill(eye, almond - (x0, y0), _bgr(np.array([238, 236, 230]) * min(1.0, s + 0.15)))
-        iris = np.array([ex + 0.05 * ew * side, ey + 0.1 * eh]) + c0 - (x0, y0)
-        _circle(eye, iris, 0.62 * eh, _bgr(np.array(i.iris) * s))
-        _circle(eye, iris, 0.28 * eh, (15, 12, 10))
-        _circle(eye, iris - 0.15 * eh, 0.1 * eh, (250, 250, 250))
-        mask = np.zeros(roi.shape[:2], np.uint8)
-        _fill(mask, almond - (x0, y0), 255)
-        m = (mask.astype(np.float32) / 255)[..., None]
-        roi[:] = (roi * (1 - m) + eye * m).astype(np.uint8)
-        _polyline(img, upper + c0 - (0, 0.05 * eh), (25, 20, 20), 0.2 * eh)                  # lashes
-        _polyline(img, lower + c0, _bgr(np.array(i.skin) * s * 0.7), 0.08 * eh)
-        _polyline(img, upper[4:-4] + c0 - (0, 0.55 * eh), _bgr(np.array(i.skin) * s * 0.78), 0.08 * eh)  # crease
+        edge = upper * (1 - amount) + lower * amount
+        _fill(img, np.concatenate([upper - (0, 0.15 * eh), edge[::-1]]) + self.c0,
+              _bgr(np.array(self.id.skin) * self._shade_at(ex, ey) * 0.95))
+        _polyline(img, edge + self.c0, (25, 20, 20), 0.2 * eh)
 
-    def _draw_nose(self):
-        i, W, H, c0 = self.id, self.W, self.H, self.c0
-        y = i.nose_length * H
-        skin = np.array(i.skin) * self._shade_at(0, y)
-        for side in (-1, 1):
-            cv2.ellipse(self.head, ((float(c0[0] + side * i.nose_width * 0.55 * W), float(c0[1] + y + 0.01 * H)),
-                                    (0.1 * W, 0.045 * H), side * 15), _bgr(skin * 0.45), -1, cv2.LINE_AA)
-            t = np.linspace(-0.6, 0.9, 10)[:6] * np.pi
-            wing = np.stack([side * (i.nose_width * W + 0.04 * W * np.cos(t)), y - 0.03 * H + 0.05 * H * np.sin(t)], 1)
-            _polyline(self.head, wing + c0, _bgr(skin * 0.7), 0.012 * W * self.ss + 1)
+# %% ../nbs/03_synthetic.ipynb #54168118
+@patch
+def affine(self: FaceRenderer,
+           motion=(0.0, 0.0, 0.0, 1.0), # head motion: dx, dy (fractions of the frame), angle (degrees), scale
+          ) -> np.ndarray:
+    "2×3 map from the canonical layer to the (supersampled) frame."
+    dx, dy, angle, scale = motion
+    cx, cy, sc = self.placement
+    a, s = np.deg2rad(angle), sc * scale
+    R = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    t = np.array([cx + dx * self.S, cy + dy * self.S]) - R @ self.c0
+    return np.concatenate([R, t[:, None]], 1)
 
-    def _draw_scene(self):
-        "Background (gradient + vignette) and the shirt over the shoulders, under the head's base placement."
-        i, S = self.id, self.S
-        yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) / S - 0.5
-        a = np.deg2rad(i.background_angle)
-        t = np.clip(xx * np.cos(a) + yy * np.sin(a) + 0.5, 0, 1)[..., None]
-        bg = np.array(_bgr(i.background[0]), np.float32) * (1 - t) + np.array(_bgr(i.background[1]), np.float32) * t
-        self.background = bg * (1 - 0.25 * (xx ** 2 + yy ** 2))[..., None]
-        cx, cy, sc = self.placement
-        W, H = self.W * sc, self.H * sc
-        shirt = np.zeros((S, S), np.float32)
-        _fill(shirt, _ellipse(cx, cy + 2.1 * H, 2.5 * W, 0.95 * H), 1.0)
-        _fill(shirt, np.array([[cx - 0.5 * W, cy + 1.1 * H], [cx + 0.5 * W, cy + 1.1 * H], [cx, cy + 1.55 * H]]), 0.0)
-        fall = 1.05 - 0.35 * np.clip((yy + 0.5 - (cy + 1.2 * H) / S) * 3, 0, 1)
-        self.shirt = np.array(_bgr(i.shirt), np.float32) * fall[..., None]
-        self.shirt_alpha = shirt[..., None]
-
-    # -- per frame --
-    def mouth_outlines(self,
-                       params, # (open, width, round, teeth, lip_teeth)
-                      ) -> tuple:
-        "Outer lip outline, inner mouth outline, upper-teeth band (canonical, head-centred) and the inner height."
-        i, W, H = self.id, self.W, self.H
-        o, wd, rd, th, lt = (float(v) for v in params)
-        mw0 = i.mouth_width * W                                   # neutral half-width
-        mw = mw0 * (0.85 + 0.3 * wd) * (1 - 0.35 * rd)            # corners: spread out, rounded in
-        ih = o * 0.9 * mw0                                        # jaw drop
-        ul = i.lip_thickness * mw0 * (1 + 0.4 * rd)               # rounded lips protrude, look fuller
-        ll = 1.25 * ul * (1 - 0.35 * lt)                          # lower lip tucked under the teeth for f/v
-        yc, x = i.mouth_y * H, np.linspace(-1, 1, 25)
-        bell, bow = 1 - x * x, np.exp(-(x / 0.2) ** 2)
-        iw = mw * (0.92 - 0.25 * rd)
-        yu = yc - 0.12 * ih * bell
-        yl = yc + ih * bell ** (0.8 - 0.4 * rd) - lt * 0.25 * ul * bell
-        yuo = yu - ul * bell ** 0.45 * (1 - 0.3 * bow) - 0.02 * mw0
-        ylo = yl + ll * bell ** 0.5
-        outer = np.concatenate([np.stack([x * mw, yuo], 1), np.stack([x[::-1] * mw, ylo[::-1]], 1)])
-        inner = np.concatenate([np.stack([x * iw, yu], 1), np.stack([x[::-1] * iw, yl[::-1]], 1)])
-        tx, tu = x[3:-3], yu[3:-3]
-        low = tu + (th * 0.28 * mw0 + lt * 0.3 * ul) * (1 - 0.2 * tx * tx)
-        if lt < 0.3: low = np.minimum(low, yl[3:-3])              # teeth stay inside an open mouth
-        teeth = np.concatenate([np.stack([tx * iw, tu], 1), np.stack([tx[::-1] * iw, low[::-1]], 1)])
-        return outer, inner, teeth, ih
-
-    def _draw_mouth(self, img, params):
-        c0, n = self.c0, 25
-        outer, inner, teeth, ih = self.mouth_outlines(params)
-        s = self._shade_at(0, self.id.mouth_y * self.H)
-        lip = np.array(self.id.lips) * s
-        _fill(img, outer + c0, _bgr(lip))
-        _fill(img, np.concatenate([outer[:n], inner[:n][::-1]]) + c0, _bgr(lip * 0.85))    # upper lip, darker
-        if ih > 0.35 * self.ss:
-            _fill(img, inner + c0, _bgr(np.array([70, 25, 30]) * s))                       # mouth interior
-            if ih > 3 * self.ss:
-                cv2.ellipse(img, ((float(c0[0]), float(inner[n + n // 2, 1] + c0[1] - 0.22 * ih)),
-                                  (float(np.ptp(inner[:, 0]) * 0.5), 0.4 * ih), 0), _bgr(np.array([170, 75, 85]) * s),
-                            -1, cv2.LINE_AA)                                               # tongue
-        if params[3] > 0.05 or params[4] > 0.05: _fill(img, teeth + c0, _bgr(np.array([235, 232, 220]) * min(1, s + 0.1)))
-        else: _polyline(img, inner[:n] + c0, _bgr(lip * 0.45), 0.6 * self.ss)               # lips meet
-        shine = outer[n + 3:2 * n - 3].copy()
-        shine[:, 1] -= 0.45 * (shine[:, 1] - inner[3:n - 3][::-1, 1])
-        _polyline(img, shine[len(shine) // 3:2 * len(shine) // 3] + c0, _bgr(np.minimum(lip * 1.25, 255)), 0.4 * self.ss)
-        return outer
-
-    def _draw_blink(self, img, amount):
-        for side in (-1, 1):
-            ex, ey, ew, eh, upper, lower = self._eye(side)
-            edge = upper * (1 - amount) + lower * amount
-            _fill(img, np.concatenate([upper - (0, 0.15 * eh), edge[::-1]]) + self.c0,
-                  _bgr(np.array(self.id.skin) * self._shade_at(ex, ey) * 0.95))
-            _polyline(img, edge + self.c0, (25, 20, 20), 0.2 * eh)
-
-    def affine(self,
-               motion=(0.0, 0.0, 0.0, 1.0), # head motion: dx, dy (fractions of the frame), angle (degrees), scale
-              ) -> np.ndarray:
-        "2×3 map from the canonical layer to the (supersampled) frame."
-        dx, dy, angle, scale = motion
-        cx, cy, sc = self.placement
-        a, s = np.deg2rad(angle), sc * scale
-        R = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-        t = np.array([cx + dx * self.S, cy + dy * self.S]) - R @ self.c0
-        return np.concatenate([R, t[:, None]], 1)
-
-    def frame(self,
-              mouth,                            # (open, width, round, teeth, lip_teeth)
-              motion=(0.0, 0.0, 0.0, 1.0),      # head motion (see `affine`)
-              blink: float = 0.0,               # eyelid closure 0–1
-             ) -> tuple:
-        "(frame (size, size, 3) BGR uint8, face box, mouth box); boxes are (x1, y1, x2, y2) in frame pixels."
-        head = self.head.copy()
-        outer = self._draw_mouth(head, mouth)
-        if blink > 0.02: self._draw_blink(head, blink)
-        M, S = self.affine(motion), self.S
-        col = cv2.warpAffine(head, M, (S, S), flags=cv2.INTER_LINEAR, borderValue=0).astype(np.float32)
-        a = cv2.warpAffine(self.alpha, M, (S, S), flags=cv2.INTER_LINEAR).astype(np.float32)[..., None] / 255
-        img = self.background * (1 - a) + col * a
-        img = img * (1 - self.shirt_alpha) + self.shirt * self.shirt_alpha
-        img = cv2.resize(img.clip(0, 255).astype(np.uint8), (self.size, self.size), interpolation=cv2.INTER_AREA)
-        box = lambda p: (np.concatenate([p.min(0), p.max(0)]) / self.ss).clip(0, self.size)
-        warp = lambda p: p @ M[:, :2].T + M[:, 2]
-        return img, box(warp(self.face_box_outline())), box(warp(outer + self.c0))
+# %% ../nbs/03_synthetic.ipynb #79c20398
+@patch
+def frame(self: FaceRenderer,
+          mouth,                            # (open, width, round, teeth, lip_teeth)
+          motion=(0.0, 0.0, 0.0, 1.0),      # head motion (see `affine`)
+          blink: float = 0.0,               # eyelid closure 0–1
+         ) -> tuple:
+    "(frame (size, size, 3) BGR uint8, face box, mouth box); boxes are (x1, y1, x2, y2) in frame pixels."
+    head = self.head.copy()
+    outer = self._draw_mouth(head, mouth)
+    if blink > 0.02: self._draw_blink(head, blink)
+    M, S = self.affine(motion), self.S
+    col = cv2.warpAffine(head, M, (S, S), flags=cv2.INTER_LINEAR, borderValue=0).astype(np.float32)
+    a = cv2.warpAffine(self.alpha, M, (S, S), flags=cv2.INTER_LINEAR).astype(np.float32)[..., None] / 255
+    img = self.background * (1 - a) + col * a
+    img = img * (1 - self.shirt_alpha) + self.shirt * self.shirt_alpha
+    img = cv2.resize(img.clip(0, 255).astype(np.uint8), (self.size, self.size), interpolation=cv2.INTER_AREA)
+    box = lambda p: (np.concatenate([p.min(0), p.max(0)]) / self.ss).clip(0, self.size)
+    warp = lambda p: p @ M[:, :2].T + M[:, 2]
+    return img, box(warp(self.face_box_outline())), box(warp(outer + self.c0))
 
 # %% ../nbs/03_synthetic.ipynb #9145f686
 def head_motion(n_frames: int,            # number of frames
@@ -587,7 +635,7 @@ def head_motion(n_frames: int,            # number of frames
     angle, dx, dy = wave(rng.uniform(1, 4)), wave(rng.uniform(0.004, 0.015)), wave(rng.uniform(0.004, 0.015))
     return np.stack([dx, dy, angle, 1 + wave(rng.uniform(0.005, 0.02))], 1)
 
-
+# %% ../nbs/03_synthetic.ipynb #d95c46ae
 def blinks(n_frames: int,            # number of frames
            rng: np.random.Generator, # source of randomness
            fps: float = 25,          # frame rate
@@ -601,10 +649,11 @@ def blinks(n_frames: int,            # number of frames
         t += rng.uniform(2, 5)
     return out
 
-# %% ../nbs/03_synthetic.ipynb #d95c46ae
+# %% ../nbs/03_synthetic.ipynb #4b73a896
 VOICE_ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029")
 VOICE_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+f1", "+f2", "+f3", "+f4", "+f5", "+klatt2")
 
+# %% ../nbs/03_synthetic.ipynb #df42783b
 _NAMES = "Bob Mabel Peter Fiona Wendy Victor Molly Paul Ruth Oliver Maggie Vera Bruno Judy Sophie Tom Ava Theo Beth Martha".split()
 _ADJECTIVES = ("big blue purple yellow old warm soft shiny happy busy quiet muddy woolly brave funny heavy pretty bumpy "
                "fluffy broken small round").split()
@@ -616,7 +665,7 @@ _PREPOSITIONS = "near behind beside under above through over by".split()
 _ADVERBS = "quickly slowly quietly happily often always softly gently".split()
 _TIMES = ("today", "tomorrow", "every morning", "at noon", "last week", "before lunch", "on Monday", "in the evening")
 
-
+# %% ../nbs/03_synthetic.ipynb #79e49235
 def random_sentence(rng: np.random.Generator, # source of randomness
                     n_phrases: int = 1,       # optional phrases after the core clause (longer sentences)
                    ) -> str:
@@ -634,7 +683,7 @@ def random_sentence(rng: np.random.Generator, # source of randomness
                        w(_ADVERBS), f"and {w(_NAMES)} {w(_VERBS_PAST)} it"][rng.integers(5)]
     return text + ("?" if core == 3 else ".")
 
-
+# %% ../nbs/03_synthetic.ipynb #bf13531a
 @dataclass
 class Speaker:
     "A synthetic speaker: a face and a voice."
@@ -645,7 +694,7 @@ class Speaker:
     pitch_range: int           # intonation range 0–100
     identity: FaceIdentity     # the face
 
-
+# %% ../nbs/03_synthetic.ipynb #8ecea8a6
 def random_speaker(name: str,                # folder name
                    rng: np.random.Generator, # source of randomness
                   ) -> Speaker:
@@ -657,7 +706,7 @@ def random_speaker(name: str,                # folder name
 # %% ../nbs/03_synthetic.ipynb #51958be9
 SYNTH_VERSION = 1   # bump when a change alters generated clips
 
-
+# %% ../nbs/03_synthetic.ipynb #fb141b69
 @dataclass
 class SynthConfig:
     "How synthetic clips look (defaults: LRS2's frame size, frame rate and audio rate)."
@@ -680,7 +729,7 @@ class SynthConfig:
         if self.supersample < 1: raise ValueError(f"supersample must be ≥ 1, got {self.supersample}")
         if not 0 <= self.crf <= 51: raise ValueError(f"crf must be in [0, 51], got {self.crf}")
 
-
+# %% ../nbs/03_synthetic.ipynb #f4587afe
 @dataclass
 class SyntheticClip:
     "One generated clip and its ground truth."
@@ -695,7 +744,7 @@ class SyntheticClip:
     blink: np.ndarray           # (N,) eyelid closure
     placement: tuple            # head centre x, y and scale
 
-
+# %% ../nbs/03_synthetic.ipynb #f9c33645
 def _fit_utterance(speaker, rng, cfg, lead, tail):
     "Speech whose clip (with `lead`/`tail` silence) lasts between min and max seconds: phrases added/dropped to fit."
     n_phrases, best = int(rng.integers(0, 3)), None
@@ -709,7 +758,7 @@ def _fit_utterance(speaker, rng, cfg, lead, tail):
         n_phrases = n_phrases + 1 if total < cfg.min_seconds else max(0, n_phrases - 1)
     return best[1]
 
-
+# %% ../nbs/03_synthetic.ipynb #25588dd5
 def synthesize_clip(speaker: Speaker,          # who speaks
                     rng: np.random.Generator,  # source of randomness for this clip
                     cfg: SynthConfig = SynthConfig(), # clip settings
@@ -745,19 +794,7 @@ def _ffmpeg() -> str:
     import imageio_ffmpeg
     return imageio_ffmpeg.get_ffmpeg_exe()
 
-
-def _atomic_write(path: Path, write):
-    "Call `write(tmp_path)` for a temporary file beside `path`, then move it into place; never leaves partial files."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
+# %% ../nbs/03_synthetic.ipynb #945029cf
 def write_mp4(path,                    # output .mp4
               frames: np.ndarray,      # (N, H, W, 3) BGR uint8
               wav: np.ndarray,         # float32 mono in [-1, 1]
@@ -782,9 +819,9 @@ def write_mp4(path,                    # output .mp4
                    "-f", "mp4", str(tmp)]
             res = subprocess.run(cmd, input=np.ascontiguousarray(frames, np.uint8).tobytes(), capture_output=True)
             if res.returncode: raise RuntimeError(f"ffmpeg failed writing {path}: {res.stderr.decode(errors='replace')[-800:]}")
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
-
+# %% ../nbs/03_synthetic.ipynb #4735b75a
 def read_clip(path, # a clip's .mp4 (its .json ground truth is read from beside it when present)
              ) -> tuple:
     "(frames (N, H, W, 3) BGR uint8, audio float32 at 16 kHz, ground truth dict or None) of a synthetic clip."
@@ -830,7 +867,7 @@ def clip_ground_truth(clip: SyntheticClip, # the clip
         "blink": r(clip.blink, 2),
     }
 
-
+# %% ../nbs/03_synthetic.ipynb #c7087329
 def write_clip(clip: SyntheticClip, # the clip
                root,                # corpus root
                name: str,           # '<speaker>/<clip>'
@@ -843,15 +880,17 @@ def write_clip(clip: SyntheticClip, # the clip
     mp4.parent.mkdir(parents=True, exist_ok=True)
     write_mp4(mp4, clip.frames, clip.utterance.wav, cfg.fps, cfg.sample_rate, cfg.crf, cfg.audio_bitrate)
     text = json.dumps(clip_ground_truth(clip, name, split, cfg, seed), ensure_ascii=False, separators=(",", ":"))
-    _atomic_write(mp4.with_suffix(".json"), lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write(mp4.with_suffix(".json"), lambda p: p.write_text(text, encoding="utf-8"))
     return json.loads(text)
 
 # %% ../nbs/03_synthetic.ipynb #662fe4cb
 SPLITS = ("train", "val", "test")
+
+# %% ../nbs/03_synthetic.ipynb #fc6ae999
 JUDGE_SPLIT = "judge"                            # speakers for the evaluation judge only
 _JUDGE_STREAM = int.from_bytes(b"judge", "big")  # (seed, 'judge', index) seeds judge speakers apart from the others
 
-
+# %% ../nbs/03_synthetic.ipynb #494b11c5
 def split_speakers(n_speakers: int,       # number of speakers
                    val_fraction: float,   # share of speakers for validation
                    test_fraction: float,  # share of speakers for testing
@@ -870,7 +909,7 @@ def split_speakers(n_speakers: int,       # number of speakers
     for k in order[n_test:n_test + n_val]: split[k] = "val"
     return split
 
-
+# %% ../nbs/03_synthetic.ipynb #a70238b4
 def _check_writable(root: Path):
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -878,7 +917,7 @@ def _check_writable(root: Path):
         os.close(fd); os.unlink(probe)
     except OSError as e: raise ValueError(f"cannot write the corpus to {root}: {e}") from None
 
-
+# %% ../nbs/03_synthetic.ipynb #4ef2d7fc
 def _corpus_readme(summary, command):
     g, rows = summary["generator"], summary["splits"]
     table = "\n".join(f"| {s} | {r['speakers']} | {r['clips']} | {r['frames']} | {r['seconds']:.1f} |"
@@ -911,7 +950,7 @@ viseme parameters ({', '.join(VISEME_PARAMS)}) and dominant visemes, head motion
 {table}
 {judge}"""
 
-
+# %% ../nbs/03_synthetic.ipynb #f4ceb582
 def generate_corpus(root,                      # corpus folder (created)
                     n_speakers: int = 40,      # number of speakers (identity + voice)
                     clips_per_speaker: int = 4, # clips per speaker
@@ -960,7 +999,7 @@ def generate_corpus(root,                      # corpus folder (created)
     bar.close()
     for s in used:
         stats[s]["seconds"] = round(stats[s]["seconds"], 2)
-        _atomic_write(root / f"{s}.txt", lambda p: p.write_text("".join(f"{n}\n" for n in lists[s])))
+        atomic_write(root / f"{s}.txt", lambda p: p.write_text("".join(f"{n}\n" for n in lists[s])))
     if not judge_speakers: (root / f"{JUDGE_SPLIT}.txt").unlink(missing_ok=True)   # a stale list would outlive its summary
     summary = {"generator": settings, "speakers": n_speakers, "clips_per_speaker": clips_per_speaker,
                "val_fraction": val_fraction, "test_fraction": test_fraction,
@@ -968,8 +1007,8 @@ def generate_corpus(root,                      # corpus folder (created)
                "total": {key: round(sum(stats[s][key] for s in used), 2) for key in ("speakers", "clips", "frames", "seconds")}}
     command = command or (f"attnwav2lip synth --out {root} --speakers {n_speakers} --clips-per-speaker {clips_per_speaker} "
                           f"--seed {seed} --size {cfg.size}" + (f" --judge-speakers {judge_speakers}" if judge_speakers else ""))
-    _atomic_write(root / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
-    _atomic_write(root / "README.md", lambda p: p.write_text(_corpus_readme(summary, command)))
+    atomic_write(root / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
+    atomic_write(root / "README.md", lambda p: p.write_text(_corpus_readme(summary, command)))
     if progress:
         mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2 ** 20
         print(f"{root}: {summary['total']['clips']} clips ({written} new), {summary['total']['frames']} frames, "

@@ -1,4 +1,4 @@
-"""Mechanism tests for `attnwav2lip.data`: index math, seeding, exclusion, shapes, and errors for broken clips."""
+"""Mechanism tests for `attnwav2lip.data`: index math, seeding, exclusion, shapes, the frame cache, and errors for broken clips."""
 import warnings
 
 import numpy as np
@@ -7,8 +7,8 @@ import soundfile as sf
 import torch
 
 from attnwav2lip.audio import AudioConfig, load_wav, mel_index, melspectrogram
-from attnwav2lip.data import (ClipDataset, DataConfig, GeneratorDataset, SyncDataset, _last_audio_frame, clip_frames,
-                              read_face, read_filelist, toy_frame_id, window_starts, write_toy_corpus)
+from attnwav2lip.data import (ClipDataset, DataConfig, FrameCache, GeneratorDataset, SyncDataset, _last_audio_frame,
+                              clip_frames, read_face, read_filelist, toy_frame_id, window_starts, write_toy_corpus)
 
 CLIPS = {'a/00001': 40, 'a/00002': 30, 'b/00001': 50, 'b/00002': 24}
 GAPS = {'b/00001': [10, 33]}
@@ -210,13 +210,69 @@ def test_dataloader_workers_do_not_change_samples(corpus):
     assert all(torch.equal(p, q) for p, q in zip(one, two)) and len(one) == 2
 
 
-def test_frame_cache_gives_identical_samples(corpus):
-    plain = GeneratorDataset(corpus, list(CLIPS))
-    cached = GeneratorDataset(corpus, list(CLIPS), DataConfig(cache_frames=True))
-    for _ in range(2):
-        for k in range(4):
-            assert all(torch.equal(p, q) for p, q in zip(plain[k], cached[k]))
-    assert len(cached._faces) > 0 and len(plain._faces) == 0
+def frame_bytes(size):
+    return size * size * 3 + FrameCache.overhead
+
+
+@pytest.mark.parametrize("cls", [SyncDataset, GeneratorDataset])
+def test_frame_cache_gives_identical_samples(corpus, cls):
+    plain = cls(corpus, list(CLIPS), DataConfig(img_size=48, cache_bytes=0))
+    full = cls(corpus, list(CLIPS), DataConfig(img_size=48))
+    tiny = cls(corpus, list(CLIPS), DataConfig(img_size=48, cache_bytes=3 * frame_bytes(48)))
+    for e, k in over_epochs(plain, 6):
+        full.set_epoch(e); tiny.set_epoch(e)
+        want = plain[k]
+        for ds in (full, tiny):
+            assert all(torch.equal(p, q) for p, q in zip(want, ds[k]))
+    assert len(plain.frame_cache) == 0 and plain.frame_cache.nbytes == 0
+    assert full.frame_cache.hits > 0 and len(full.frame_cache) > 3 and len(tiny.frame_cache) == 3
+
+
+def test_frame_cache_never_exceeds_its_limit(corpus):
+    limit = 4 * frame_bytes(48) + 100                   # room for four 48 px frames, not five
+    ds = GeneratorDataset(corpus, list(CLIPS), DataConfig(img_size=48, cache_bytes=limit))
+    cache, full = ds.frame_cache, False
+    for e, k in over_epochs(ds, 10):
+        ds[k]
+        assert cache.nbytes <= limit and len(cache) <= 4
+        assert cache.nbytes == sum(img.nbytes + FrameCache.overhead for img in cache._frames.values())
+        full |= len(cache) == 4
+    assert full and cache.misses > 10 * len(ds) * 2 * 5 // 2   # it evicted: most reads decoded again
+
+
+def test_frame_cache_evicts_least_recently_used(corpus):
+    ds = ClipDataset(corpus, list(CLIPS), DataConfig(img_size=48, cache_bytes=3 * frame_bytes(48)))
+    for f in (0, 1, 2, 0, 3):                           # frame 0 read again, so 1 is the oldest when 3 arrives
+        ds.face(0, f)
+    assert ds.frame_cache.keys() == [(0, 2), (0, 0), (0, 3)]
+    assert (ds.frame_cache.hits, ds.frame_cache.misses) == (1, 4)
+    ds.face(1, 5)
+    assert ds.frame_cache.keys() == [(0, 0), (0, 3), (1, 5)]
+
+
+def test_frame_cache_mechanics():
+    img = lambda v, s=48: np.full((s, s, 3), v, np.uint8)
+    cache = FrameCache(2 * frame_bytes(48))
+    cache.put('a', img(1)); cache.put('b', img(2))
+    cache.put('a', img(3))                              # replacing an entry charges it once
+    assert cache.keys() == ['b', 'a'] and cache.nbytes == 2 * frame_bytes(48) and cache.get('a')[0, 0, 0] == 3
+    big = cache.put('big', img(4, 96))                  # larger than the whole limit: returned, not kept
+    assert 'big' not in cache and big.flags.writeable and cache.keys() == ['b', 'a']
+    assert not cache.get('b').flags.writeable           # cached frames are read-only
+    assert cache.get('nope') is None and (cache.hits, cache.misses) == (2, 1)
+    none = FrameCache(0)
+    assert none.put('a', img(1))[0, 0, 0] == 1 and len(none) == 0 and none.nbytes == 0
+    with pytest.raises(ValueError, match="cache_bytes must be >= 0"):
+        DataConfig(cache_bytes=-1)
+
+
+def test_default_cache_holds_a_small_corpus(corpus):
+    ds = SyncDataset(corpus, list(CLIPS), DataConfig(img_size=48))
+    frames = sum(len(ids) for ids in ds.frame_ids)
+    for i, ids in enumerate(ds.frame_ids):
+        for f in ids:
+            ds.face(i, int(f))
+    assert len(ds.frame_cache) == frames and ds.frame_cache.nbytes == frames * frame_bytes(48)
 
 
 def test_mel_cache_is_bounded(corpus):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from attnwav2lip.evaluate import (PAPER_TABLE1, PAPER_TABLE2, EvalConfig, _finite, aggregate_runs, box_coverage,
-                                  box_in_crop, cli_evaluate, make_pairs, mouth_mass, mux_audio, ordering_statement,
-                                  pair_videos, paper_tables, read_pairs, run_evaluation, write_pairs)
+from attnwav2lip.attention_maps import box_coverage, box_in_crop, mouth_mass
+from attnwav2lip.evaluate import EvalConfig, check_finite, make_pairs, mux_audio, pair_videos, read_pairs, write_pairs
+from attnwav2lip.report import (PAPER_TABLE1, PAPER_TABLE2, aggregate_runs, cli_evaluate, ordering_statement, paper_tables,
+                                run_evaluation)
 from attnwav2lip.lse import SyncNetV2, SyncNetV2Config
 from attnwav2lip.models import AttnWav2Lip, ModelConfig
 from test_judge import make_corpus
@@ -146,8 +147,8 @@ def test_paper_tables_files(tmp_path):
 
 
 def test_finite_guard():
-    with pytest.raises(ValueError, match="lse_d"): _finite(dict(lse_d=float("nan"), ok=1.0))
-    with pytest.raises(ValueError, match="x"): _finite(dict(x=None))
+    with pytest.raises(ValueError, match="lse_d"): check_finite(dict(lse_d=float("nan"), ok=1.0))
+    with pytest.raises(ValueError, match="x"): check_finite(dict(x=None))
 
 
 def test_mux_audio_errors_leave_nothing(tmp_path):

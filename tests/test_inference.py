@@ -245,3 +245,132 @@ def test_cli(assets, tmp_path, capsys):
     assert inf.cli_sync(["--face", str(tmp_path / "nope.mp4"), *base]) == 1
     assert "face file not found" in capsys.readouterr().err
     assert inf.cli_sync(["--face", str(assets["video"]), *base, "--detector", "s3fd"]) == 2
+
+
+# ---- frame-exact audio/video accounting and bounded memory ----
+
+BITS = 8  # frame index written as a barcode of 8 blocks along the top edge (readable through h264)
+
+
+def barcode_frame(i: int, size=(96, 64)) -> np.ndarray:
+    "A frame (h=size[1], w=size[0]) with a smooth gradient and its index `i` as black/white 12×12 blocks at the top."
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    frame = np.stack([60 + x, 90 + y, 120 + (x + y) // 2], -1).clip(0, 255).astype(np.uint8)
+    for b in range(BITS):
+        frame[:12, 12 * b:12 * b + 12] = 255 if (i >> b) & 1 else 0
+    return frame
+
+
+def read_barcode(frame: np.ndarray) -> int:
+    return sum(1 << b for b in range(BITS) if frame[2:10, 12 * b + 2:12 * b + 10].mean() > 128)
+
+
+def barcode_video(path: Path, n: int, fps) -> Path:
+    "n barcode frames at exactly `fps` (h264, through the package's writer; its audio track is irrelevant here)."
+    tone = path.with_suffix(".wav")
+    sf.write(tone, (0.1 * np.sin(np.arange(16000) * 0.3)).astype(np.float32), 16000)
+    with inf.Mp4Writer(path, (96, 64), fps, tone, crf=12) as w:
+        for i in range(n): w.write(barcode_frame(i))
+    return path
+
+
+def decoded_with_times(path: Path) -> tuple:
+    "(frames, presentation times in ms, fps) of a video, decoded with OpenCV."
+    cap = cv2.VideoCapture(str(path))
+    fps, frames, times = cap.get(cv2.CAP_PROP_FPS), [], []
+    while True:
+        ok, f = cap.read()
+        if not ok: break
+        frames.append(f); times.append(cap.get(cv2.CAP_PROP_POS_MSEC))
+    cap.release()
+    return frames, np.array(times), fps
+
+
+@pytest.fixture(scope="module")
+def light():
+    "A prepared generator without attention, fp32 (no precision probe): these tests are about frames, not faces."
+    torch.manual_seed(0)
+    return inf.InferenceGenerator(AttnWav2Lip(ModelConfig(img_size=48, width=0.25, attention="none")).eval(), "cpu",
+                                  precision="fp32")
+
+
+FRAME_RATES = {"24": 24.0, "25": 25.0, "29.97": 30000 / 1001, "30": 30.0, "60": 60.0}
+
+
+@pytest.mark.parametrize("fps", FRAME_RATES.values(), ids=FRAME_RATES.keys())
+def test_output_frames_are_round_audio_seconds_times_fps(assets, light, tmp_path, fps):
+    video = barcode_video(tmp_path / "barcode.mp4", 12, fps)
+    seconds = 0.63                                                  # not a whole number of frames at any of these rates
+    audio = tmp_path / "speech.wav"
+    sf.write(audio, load_wav(assets["speech"])[:round(seconds * 16000)], 16000)
+    out, report = run(assets, tmp_path, face=video, audio=audio, checkpoint=light, box=(20, 64, 10, 90), batch_size=8)
+    n = round(seconds * fps)                                        # 15, 16, 19, 19, 38
+    frames, times, out_fps = decoded_with_times(out)
+    assert report["frames"] == len(frames) == n and report["audio_seconds"] == pytest.approx(seconds)
+    assert out_fps == pytest.approx(fps, rel=1e-9)                  # the exact rate (30000/1001), not a rounded one
+    assert abs(report["video_seconds"] - seconds) <= 0.5 / fps      # video and audio end within half a frame
+    np.testing.assert_allclose(times, 1000 * np.arange(n) / fps, atol=0.5)   # frame i at i / fps
+    assert [read_barcode(f) for f in frames] == [i % 12 for i in range(n)]  # source frame i mod 12 (the video loops)
+    assert abs(len(load_wav(out)) / 16000 - seconds) < 0.05          # the whole audio is in the file
+
+
+@pytest.mark.parametrize("fps", [24.0, 30000 / 1001], ids=["24", "29.97"])
+def test_still_image_is_looped_for_the_audio_length(assets, light, tmp_path, fps):
+    image = tmp_path / "still.png"
+    cv2.imwrite(str(image), barcode_frame(77))
+    out, report = run(assets, tmp_path, face=image, audio=assets["short"], checkpoint=light, fps=fps,
+                      box=(20, 64, 10, 90))
+    frames, times, out_fps = decoded_with_times(out)
+    n = round(0.3 * fps)
+    assert report["frames"] == len(frames) == n and out_fps == pytest.approx(fps, rel=1e-9)
+    np.testing.assert_allclose(times, 1000 * np.arange(n) / fps, atol=0.5)
+    assert all(read_barcode(f) == 77 for f in frames)
+
+
+def test_faceless_frames_keep_their_place_and_time(assets, light, tmp_path):
+    n = 40
+    video = barcode_video(tmp_path / "barcode.mp4", n, 25)
+    faceless = {10, 11, 12, 13, 30}
+    track = np.array([[np.nan] * 4 if i in faceless else [10, 20, 90, 64] for i in range(n)], float)
+    np.save(tmp_path / "boxes.npy", track)
+    audio = tmp_path / "speech.wav"
+    sf.write(audio, load_wav(assets["speech"])[:n * 640], 16000)      # exactly 40 frames of audio at 25 fps
+    out, report = run(assets, tmp_path, face=video, audio=audio, checkpoint=light, detector="boxes", nosmooth=True,
+                      pads=(0, 0, 0, 0), detector_options={"source": str(tmp_path / "boxes.npy")}, batch_size=8,
+                      face_det_batch_size=16)
+    originals, _, _ = decoded_with_times(video)
+    frames, times, _ = decoded_with_times(out)
+    assert report["frames"] == len(frames) == n and report["frames_with_face"] == n - len(faceless)
+    np.testing.assert_allclose(times, 40 * np.arange(n), atol=0.5)   # every frame at i / 25 s
+    assert [read_barcode(f) for f in frames] == list(range(n))        # every frame in its own place
+    for i in range(n):
+        diff = np.abs(frames[i].astype(int) - originals[i])[20:64, 10:90]  # the face box
+        if i in faceless: assert diff.mean() < 3, i                   # unchanged (one more h264 round trip, and
+        else: assert diff.mean() > 6, i                               # OpenCV's decoder reads 1–3 levels darker)
+
+
+def test_decoded_frames_alive_stay_within_a_batch(assets, light, tmp_path, monkeypatch):
+    "Memory is bounded by design: however long the video, only about one batch of decoded frames exists at a time."
+    import weakref
+    rng = np.random.default_rng(0)
+    video = write_video(tmp_path / "long.mp4", [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(150)])
+    alive, peak, total = [0], [0], [0]
+    real_prepare = inf.FaceSource.prepare
+
+    def counted(self, frame):
+        out = real_prepare(self, frame)
+        alive[0] += 1; total[0] += 1; peak[0] = max(peak[0], alive[0])
+        weakref.finalize(out, lambda: alive.__setitem__(0, alive[0] - 1))
+        return out
+
+    monkeypatch.setattr(inf.FaceSource, "prepare", counted)
+    audio = tmp_path / "speech.wav"
+    sf.write(audio, (0.1 * rng.standard_normal(140 * 640)).astype(np.float32), 16000)   # 140 of the 150 frames
+    track = [(8, 8, 56, 40, 1.0) if i % 5 == 0 else None for i in range(150)]
+    _, report = run(assets, tmp_path, face=video, audio=audio, checkpoint=light, batch_size=8, face_det_batch_size=8)
+    _, boxed = run(assets, tmp_path, face=video, audio=audio, checkpoint=light, batch_size=8, detector="boxes",
+                   detector_options={"source": track}, name="boxed.mp4")                # BlazeFace pass, then a track
+    assert report["frames"] == boxed["frames"] == 140 and boxed["frames_with_face"] == 28
+    assert total[0] >= 3 * 140                                       # detection pass + two generation passes
+    assert peak[0] <= 8 + 3, peak[0]                                 # one batch, the first frame kept, one in hand

@@ -9,7 +9,8 @@ import soundfile as sf
 import torch
 import yaml
 
-from attnwav2lip.judge import (JudgeConfig, SyncClip, cli_train_judge, contrastive_loss, judge_lse_config, judge_report,
+from attnwav2lip.cli import cli_train_judge
+from attnwav2lip.judge import (JudgeConfig, SyncClip, contrastive_loss, judge_lse_config, judge_report,
                                judge_split, load_judge, load_sync_clip, multiway_loss, padded_pairs, pair_distances,
                                sample_batch, shift_audio, split_clips, train_judge)
 from attnwav2lip.faces import get_detector
@@ -18,6 +19,8 @@ from attnwav2lip.lse import (LSEConfig, OracleSync, SyncNetV2, SyncNetV2Config, 
 
 torch.set_num_threads(2)
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "synthetic"
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- a tiny LRS2-layout corpus
@@ -237,9 +240,10 @@ def test_judge_report_needs_two_videos(corpus):
 
 
 def test_cli_train_judge(tmp_path, corpus, capsys):
-    assert cli_train_judge(["--set", "judge.split=test", "--quiet"]) == 1
+    params = ["--params", str(ROOT / "params.yaml")]
+    assert cli_train_judge([*params, "--set", "judge.split=test", "--quiet"]) == 1
     assert "must not learn" in capsys.readouterr().err
-    args = ["--run-dir", str(tmp_path / "r"), "--quiet", "--set", f"judge.corpus={corpus}", "--set", "judge.steps=2",
+    args = [*params, "--run-dir", str(tmp_path / "r"), "--quiet", "--set", f"corpus.path={corpus}", "--set", "judge.steps=2",
             "--set", "judge.crop_faces=false",
             "--set", "judge.windows_per_clip=3", "--set", "judge.batch_clips=2", "--set", "judge.eval_split=''"]
     assert cli_train_judge(args) == 0

@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from attnwav2lip.lse import (LSEConfig, OracleSync, SyncNetV2, calc_pdist, cli_lse, collect_videos,
+from attnwav2lip.judge import cli_lse
+from attnwav2lip.lse import (LSEConfig, OracleSync, SyncNetV2, calc_pdist, collect_videos,
                              face_crops, face_track, lse_scores, lse_scores_av, lse_window_count, load_syncnet_v2,
                              medfilt_zero, mfcc, mfcc_frame_count, oracle_av, read_audio_int16, read_video_frames,
                              report_markdown, score_videos, summarise_rows, sync_scores, syncnet_features, syncnet_mfcc)
@@ -460,7 +461,7 @@ def test_cli_takes_a_judge_checkpoint_and_its_view(tmp_path, clips, monkeypatch)
     def fake_score(inputs, model, out_dir, cfg, **kw):
         seen.update(cfg=cfg, img=model.cfg.img_size)
         return {"lse_d": {"mean": 1.0, "std": 0.0}, "lse_c": {"mean": 1.0, "std": 0.0}, "n_scored": 1, "n_videos": 1}
-    monkeypatch.setattr("attnwav2lip.lse.score_videos", fake_score)
+    monkeypatch.setattr("attnwav2lip.judge.score_videos", fake_score)
     assert cli_lse([str(clips["silent"]), "--weights", str(tmp_path / "judge.pth"), "--vshift", "7"]) == 0
     assert seen["img"] == 64 and seen["cfg"] == LSEConfig(img_size=64, crop_faces=True, vshift=7)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from attnwav2lip import synthetic as syn
+from attnwav2lip.runs import atomic_write
 from attnwav2lip.synthetic import (JUDGE_SPLIT, SPLITS, VISEME_PARAMS, VISEMES, VOICE_ACCENTS, VOICE_VARIANTS, ESpeak, FaceRenderer,
                                    SynthConfig, cli_synth, generate_corpus, random_identity, read_clip, speak,
                                    split_speakers, synthesize_clip, random_speaker, viseme_track)
@@ -270,7 +271,8 @@ def test_interrupted_json_write_leaves_nothing_half_written(tmp_path, monkeypatc
     def crash(p):
         p.write_text('{"half": ')
         raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt): syn._atomic_write(target, crash)
+    assert syn.atomic_write is atomic_write   # the corpus writer's every file goes through it
+    with pytest.raises(KeyboardInterrupt): syn.atomic_write(target, crash)
     assert list(tmp_path.iterdir()) == []
 
 

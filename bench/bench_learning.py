@@ -1,0 +1,183 @@
+"""The learning study: how much of the copied→real gap a generator closes, by training steps, batch, α, β, width and
+architecture, for several variants — the evidence behind the generator defaults of `params.yaml`.
+
+Every number is the pipeline's own: generator runs are trained exactly as the `generator` stage trains them
+(`attnwav2lip.params` → `train_generator`) and scored exactly as the `evaluate` stage scores them (the judge, the
+test pairing, LSE-D / LSE-C), on the crops, expert, judge and references of a finished pipeline run. A run's
+checkpoints along the way give the curve over steps. The gap closed is
+
+    (LSE-C(run) − LSE-C(copied)) / (LSE-C(real) − LSE-C(copied))      (and the same with LSE-D, lower is better)
+
+with the real and copied rows of that pipeline run.
+
+    python bench/bench_learning.py run NAME --set generator.lr=0.003 --variants none cbam --seeds 0 1 --every 250
+    python bench/bench_learning.py report          # bench/results/learning.md and learning.png from every run so far
+
+`run` appends one JSON line per checkpoint to bench/results/learning.jsonl (a run already there is skipped), with
+the run's resolved settings, wall time and machine, so the report can be rebuilt and extended.
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _machine import cpu_name
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+JSONL = RESULTS / "learning.jsonl"
+NOTES = "<!-- notes: kept when the report is regenerated -->"
+
+
+def gap(value, copied, real):
+    "Share of the copied → real distance covered by `value` (1 = as good as the real videos)."
+    return (value - copied) / (real - copied)
+
+
+def _job(job):
+    "Train one run (one thread; a run folder that exists resumes), then score each of its checkpoints; returns the rows."
+    os.chdir(ROOT)   # the params' paths (corpus, ...) are relative to the repository, as in the pipeline
+    import torch
+    torch.set_num_threads(job["threads"])
+    from attnwav2lip.evaluate import evaluate_variant
+    from attnwav2lip.params import load_params
+    from attnwav2lip.train import train_generator
+    runs, out = Path(job["runs"]), Path(job["out"])
+    p = load_params(job["params"], job["overrides"])
+    model, data, cfg = p.generator_run(job["variant"], job["seed"], runs / "preprocess" / "crops", runs / "expert" / "run" / "latest.pth")
+    cfg = dataclasses.replace(cfg, ckpt_every=job["every"], keep_checkpoints=0, eval_every=max(cfg.steps, 1))
+    t0 = time.perf_counter()
+    train_generator(model, data, cfg, out / "run")
+    train_s = time.perf_counter() - t0
+    walls = {json.loads(l)["step"]: json.loads(l).get("wall_s") for l in (out / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["split"] == "train"}
+    ref = json.loads((runs / "eval" / "references" / "metrics.json").read_text())
+    ecfg = dataclasses.replace(p.eval, quality_videos=0)
+    rows = []
+    for ck in sorted((out / "run").glob("checkpoint_step*.pth")):
+        step = int(ck.stem.rsplit("step", 1)[1])
+        m = evaluate_variant(ck, runs / "judge" / "run" / "latest.pth", runs / "eval" / "references" / "pairs.csv",
+                             out / f"eval{step:06d}", ecfg, progress=False)
+        rows.append(dict(name=job["name"], variant=job["variant"], seed=job["seed"], step=step, overrides=job["overrides"],
+                         settings=dict(model=dataclasses.asdict(model), generator={k: v for k, v in dataclasses.asdict(cfg).items()
+                                                                                  if k not in ("data_root", "expert_checkpoint")}),
+                         wall_s=walls.get(step, train_s), lse_d=m["lse_d"], lse_c=m["lse_c"],
+                         gap_c=gap(m["lse_c"], ref["copied_lse_c"], ref["real_lse_c"]),
+                         gap_d=gap(m["lse_d"], ref["copied_lse_d"], ref["real_lse_d"]),
+                         per_video_lse_c=_per_video(out / f"eval{step:06d}" / "lse"),
+                         machine=job["machine"], threads=job["threads"], date=job["date"]))
+    return rows
+
+
+def _per_video(lse_dir):
+    import csv
+    return [float(r["lse_c"]) for r in csv.DictReader((Path(lse_dir) / "lse_per_video.csv").open()) if r["status"] == "ok"]
+
+
+def machine() -> str:
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}"
+
+
+def run(args):
+    done = {(r["name"], r["variant"], r["seed"]) for r in read_rows()}
+    stamp = datetime.date.today().isoformat()
+    jobs = [dict(name=args.name, variant=v, seed=s, overrides=args.set, every=args.every, params=str(args.params),
+                 runs=str(args.runs), out=str(Path(args.work) / args.name / f"{v}-s{s}"), threads=args.threads,
+                 machine=machine(), date=stamp)
+            for v in args.variants for s in args.seeds if (args.name, v, s) not in done]
+    if not jobs: print("every run of this study is recorded already", file=sys.stderr); return
+    RESULTS.mkdir(exist_ok=True)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.workers) as pool:
+        for rows in pool.imap_unordered(_job, jobs):
+            with JSONL.open("a") as f:
+                for r in rows: f.write(json.dumps(r) + "\n")
+            print(f"{rows[0]['name']} {rows[0]['variant']}-s{rows[0]['seed']}: " +
+                  ", ".join(f"{r['step']}: {r['gap_c']:.2f}/{r['gap_d']:.2f}" for r in rows), file=sys.stderr)
+
+
+def read_rows():
+    return [json.loads(l) for l in JSONL.read_text().splitlines() if l.strip()] if JSONL.is_file() else []
+
+
+def interval(values, level=0.95):
+    "Mean and the half-width of its t interval (0 for a single value)."
+    from scipy import stats
+    v = np.asarray(values, float)
+    if len(v) < 2: return float(v.mean()), 0.0
+    return float(v.mean()), float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def report(args):
+    rows = read_rows()
+    if not rows: sys.exit(f"{JSONL}: no runs yet (bench_learning.py run …)")
+    groups = {}
+    for r in rows: groups.setdefault((r["name"], r["variant"], r["step"]), []).append(r)
+    lines = ["# The learning study: gap closed by the generators", "",
+             f"Produced by `python bench/bench_learning.py` ({len(rows)} checkpoints of "
+             f"{len({(r['name'], r['variant'], r['seed']) for r in rows})} runs; machine: {rows[-1]['machine']}). "
+             "Gap closed = (LSE(run) − LSE(copied)) / (LSE(real) − LSE(copied)), on the pipeline's 16 test pairs, scored by "
+             "its judge; mean ± 95 % t-interval over seeds where a setting has several.", "",
+             "| study | overrides | variant | step | seeds | gap closed, LSE-C | gap closed, LSE-D | LSE-C | LSE-D | train wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, variant, step), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        c, cw = interval([r["gap_c"] for r in rs]); d, dw = interval([r["gap_d"] for r in rs])
+        lc, _ = interval([r["lse_c"] for r in rs]); ld, _ = interval([r["lse_d"] for r in rs])
+        lines.append(f"| {name} | {' '.join(rs[0]['overrides']) or '–'} | {variant} | {step} | {len(rs)} | {c:.2f} ± {cw:.2f} | "
+                     f"{d:.2f} ± {dw:.2f} | {lc:.2f} | {ld:.2f} | {np.mean([r['wall_s'] or 0 for r in rs]):.0f} |")
+    path = RESULTS / "learning.md"
+    old = path.read_text() if path.is_file() else ""
+    notes = old[old.index(NOTES):] if NOTES in old else NOTES + "\n"
+    path.write_text("\n".join(lines) + "\n\n![gap closed by steps](learning.png)\n\n" + notes)
+    figure(groups, RESULTS / "learning.png")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def figure(groups, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    curves = {}
+    for (name, variant, step), rs in groups.items(): curves.setdefault((name, variant), []).append((step, rs))
+    for (name, variant), pts in sorted(curves.items()):
+        pts.sort()
+        for ax, key in zip(axes, ("gap_c", "gap_d")):
+            m = [interval([r[key] for r in rs]) for _, rs in pts]
+            ax.errorbar([s for s, _ in pts], [x for x, _ in m], [w for _, w in m], marker="o", capsize=3, label=f"{name} / {variant}")
+    for ax, t in zip(axes, ("LSE-C", "LSE-D")):
+        ax.axhline(0, c="grey", lw=0.8); ax.axhline(0.6, c="k", ls=":", lw=0.8)
+        ax.set_xlabel("training step"); ax.set_ylabel(f"gap closed ({t})"); ax.set_title(f"{t}: copied = 0, real videos = 1")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout(); fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train and score one study setting")
+    r.add_argument("name", help="the setting's name in the report")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="params overrides of the setting")
+    r.add_argument("--variants", nargs="+", default=["none", "cbam"])
+    r.add_argument("--seeds", nargs="+", type=int, default=[0])
+    r.add_argument("--every", type=int, default=250, help="steps between scored checkpoints")
+    r.add_argument("--params", default=ROOT / "params.yaml")
+    r.add_argument("--runs", default=ROOT / "runs", help="a finished pipeline run (crops, expert, judge, references)")
+    r.add_argument("--work", default="/tmp/attnwav2lip-learning", help="where the study's runs are trained")
+    r.add_argument("--workers", type=int, default=2, help="runs trained at once (one process each)")
+    r.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    sub.add_parser("report", help="write bench/results/learning.md from every recorded run")
+    a = ap.parse_args(argv)
+    run(a) if a.cmd == "run" else report(a)
+
+
+if __name__ == "__main__":
+    main()
