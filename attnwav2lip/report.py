@@ -341,7 +341,8 @@ def mouth_strip(root, # the pipeline's runs/ folder
     for r, (label, frames) in enumerate(rows.items()):
         for c, t in enumerate(picks):
             ax = axes[r, c]
-            ax.imshow(frames[t, ys[0]:ys[1], x1:x2, ::-1])   # BGR → RGB; ax.set_xticks([]); ax.set_yticks([])
+            ax.imshow(frames[t, ys[0]:ys[1], x1:x2, ::-1])   # BGR → RGB
+            ax.set_xticks([]); ax.set_yticks([])
             if c == 0: ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
             if r == 0: ax.set_title(f"frame {t}", fontsize=7)
     fig.suptitle(f"lower face, test clip {pair['video']} with its own audio", fontsize=8)

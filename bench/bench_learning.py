@@ -125,14 +125,15 @@ def report(args):
              f"Produced by `python bench/bench_learning.py` ({len(rows)} checkpoints of "
              f"{len({(r['name'], r['variant'], r['seed']) for r in rows})} runs; machine: {rows[-1]['machine']}). "
              "Gap closed = (LSE(run) − LSE(copied)) / (LSE(real) − LSE(copied)), on the pipeline's 16 test pairs, scored by "
-             "its judge; mean ± 95 % t-interval over seeds where a setting has several.", "",
+             "its judge; mean ± 95 % t-interval over seeds where a setting has several (one seed: the value alone).", "",
              "| study | overrides | variant | step | seeds | gap closed, LSE-C | gap closed, LSE-D | LSE-C | LSE-D | train wall s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (name, variant, step), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         c, cw = interval([r["gap_c"] for r in rs]); d, dw = interval([r["gap_d"] for r in rs])
         lc, _ = interval([r["lse_c"] for r in rs]); ld, _ = interval([r["lse_d"] for r in rs])
-        lines.append(f"| {name} | {' '.join(rs[0]['overrides']) or '–'} | {variant} | {step} | {len(rs)} | {c:.2f} ± {cw:.2f} | "
-                     f"{d:.2f} ± {dw:.2f} | {lc:.2f} | {ld:.2f} | {np.mean([r['wall_s'] or 0 for r in rs]):.0f} |")
+        pm = lambda m, w: f"{m:.2f}" + (f" ± {w:.2f}" if len(rs) > 1 else "")
+        lines.append(f"| {name} | {' '.join(rs[0]['overrides']) or '–'} | {variant} | {step} | {len(rs)} | {pm(c, cw)} | "
+                     f"{pm(d, dw)} | {lc:.2f} | {ld:.2f} | {np.mean([r['wall_s'] or 0 for r in rs]):.0f} |")
     path = RESULTS / "learning.md"
     old = path.read_text() if path.is_file() else ""
     notes = old[old.index(NOTES):] if NOTES in old else NOTES + "\n"
@@ -153,8 +154,12 @@ def figure(groups, path):
         for ax, key in zip(axes, ("gap_c", "gap_d")):
             m = [interval([r[key] for r in rs]) for _, rs in pts]
             ax.errorbar([s for s, _ in pts], [x for x, _ in m], [w for _, w in m], marker="o", capsize=3, label=f"{name} / {variant}")
+    import yaml
+    default_steps = yaml.safe_load((ROOT / "params.yaml").read_text())["generator"]["steps"]
     for ax, t in zip(axes, ("LSE-C", "LSE-D")):
         ax.axhline(0, c="grey", lw=0.8); ax.axhline(0.6, c="k", ls=":", lw=0.8)
+        ax.axvline(default_steps, c="grey", ls="--", lw=0.8)
+        ax.text(default_steps, ax.get_ylim()[1], f" params.yaml: {default_steps} steps", fontsize=7, va="top", color="grey")
         ax.set_xlabel("training step"); ax.set_ylabel(f"gap closed ({t})"); ax.set_title(f"{t}: copied = 0, real videos = 1")
     axes[1].legend(fontsize=7)
     fig.tight_layout(); fig.savefig(path, dpi=110)
