@@ -33,7 +33,9 @@ def main(argv=None):
     load = os.getloadavg()[0]
     stages, current, t_start = [], None, time.perf_counter()
     proc = subprocess.Popen([dvc, "repro", "-f"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail = []
     for line in proc.stdout:
+        tail = (tail + [line])[-40:]
         now = time.perf_counter() - t_start
         m = re.match(r"Running stage '([^']+)'", line)
         if m:
@@ -42,7 +44,7 @@ def main(argv=None):
         elif line.startswith("Updating lock file") and current and current[2] is None:
             current[2] = now
     total = time.perf_counter() - t_start
-    if proc.wait() != 0: sys.exit(f"dvc repro -f failed (exit {proc.returncode})")
+    if proc.wait() != 0: sys.exit("".join(tail) + f"dvc repro -f failed (exit {proc.returncode}); its last lines are above")
     again = subprocess.run([dvc, "repro"], cwd=ROOT, env=env, capture_output=True, text=True).stdout
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
     rows = [f"| {name} | {(end if end is not None else total) - start:.0f} |" for name, start, end in stages]
