@@ -126,7 +126,7 @@ def read_lse_scores(path # an `lse_per_video.csv` (`lse.score_videos`)
 
 def run_scores(root, # the pipeline's runs/ folder
                names: Sequence[str], # generator runs, `<variant>-s<seed>`
-              ) -> tuple[dict, list]: # method → array (seeds, videos, 2) of LSE-D, LSE-C; the videos
+              ) -> dict: # method → array (seeds, videos, 2) of LSE-D, LSE-C
     "Per-video scores of the reference rows and of every run, on the test videos that every one of them scored."
     root, per = Path(root), {}
     for kind, method in (("real", REAL), ("copied", COPIED), ("shifted", SHIFTED)):
@@ -137,7 +137,7 @@ def run_scores(root, # the pipeline's runs/ folder
         per.setdefault(VARIANT_NAMES[variant], []).append(read_lse_scores(root / "eval" / "variants" / name / "lse" / "lse_per_video.csv"))
     videos = sorted(set.intersection(*(set(s) for runs in per.values() for s in runs)))
     if not videos: raise ValueError(f"{root}: no test video was scored by every run")
-    return {m: np.array([[s[v] for v in videos] for s in runs]) for m, runs in per.items()}, videos
+    return {m: np.array([[s[v] for v in videos] for s in runs]) for m, runs in per.items()}
 
 
 def _ci(samples: np.ndarray) -> tuple: return tuple(float(x) for x in np.percentile(samples, [2.5, 97.5]))
@@ -397,7 +397,7 @@ def write_report(root, # the pipeline's runs/ folder
     "Tables with intervals, the gap closed, learned sync, the judge's check and the figures of a pipeline run, as `report.md`."
     root, out = Path(root), Path(out_dir)
     summaries = [root / "eval" / "references" / "summary.json"] + [root / "eval" / "variants" / n / "summary.json" for n in names]
-    stats = lse_intervals(run_scores(root, names)[0])
+    stats = lse_intervals(run_scores(root, names))
     tables = paper_tables(summaries, out / "tables", dataset, stats)
     gap_rows = [[m, _ci_text(g["lse_c"], g["lse_c_ci"], 2), _ci_text(g["lse_d"], g["lse_d_ci"], 2),
                  "yes" if min(g["lse_c"], g["lse_d"]) >= GAP_TARGET else "no"] for m, g in stats["gap"].items()]

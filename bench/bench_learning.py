@@ -57,8 +57,8 @@ def _job(job):
     t0 = time.perf_counter()
     train_generator(model, data, cfg, out / "run")
     train_s = time.perf_counter() - t0
-    walls = {json.loads(l)["step"]: json.loads(l).get("wall_s") for l in (out / "run" / "metrics.jsonl").read_text().splitlines()
-             if json.loads(l)["split"] == "train"}
+    logged = [json.loads(l) for l in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    walls = {r["step"]: r.get("wall_s") for r in logged if r["split"] == "train"}
     ref = json.loads((runs / "eval" / "references" / "metrics.json").read_text())
     ecfg = dataclasses.replace(p.eval, quality_videos=0)
     rows = []
