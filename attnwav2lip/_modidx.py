@@ -400,6 +400,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'attnwav2lip/models.py'),
                                     'attnwav2lip.models.ModelConfig.is_paper_size': ( 'models.html#modelconfig.is_paper_size',
                                                                                       'attnwav2lip/models.py'),
+                                    'attnwav2lip.models.ModelConfig.speech': ('models.html#modelconfig.speech', 'attnwav2lip/models.py'),
                                     'attnwav2lip.models.ModelConfig.to_dict': ('models.html#modelconfig.to_dict', 'attnwav2lip/models.py'),
                                     'attnwav2lip.models.NonormConv2dBlock': ('models.html#nonormconv2dblock', 'attnwav2lip/models.py'),
                                     'attnwav2lip.models.NonormConv2dBlock.__init__': ( 'models.html#nonormconv2dblock.__init__',

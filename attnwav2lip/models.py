@@ -37,12 +37,16 @@ class ModelConfig:
     reduction:int=16 # r of the channel-attention MLP (CBAM's 16; the paper does not say)
     spatial_kernel:int=7 # spatial-attention kernel (the paper's 7×7; 3×3 where a map is smaller than it)
     kept_resolution:str='bottom' # below 96 px, the generator stage that does not halve: 'bottom' (3×3) or 'top' (48×48)
+    audio_width:float|None=None # multiplier of the generator's speech-encoder channels (None: `width`); a multiple of 1/16
 
     def __post_init__(self):
         if self.img_size not in IMG_SIZES:
             raise ValueError(f"img_size must be one of {IMG_SIZES}, got {self.img_size}")
-        if not self.width > 0 or abs(self.width * 16 - round(self.width * 16)) > 1e-9:
-            raise ValueError(f"width must be a positive multiple of 1/16 (e.g. 0.25, 0.5, 1.0), got {self.width}")
+        for name in ('width', 'audio_width'):
+            w = getattr(self, name)
+            if name == 'audio_width' and w is None: continue
+            if not w > 0 or abs(w * 16 - round(w * 16)) > 1e-9:
+                raise ValueError(f"{name} must be a positive multiple of 1/16 (e.g. 0.25, 0.5, 1.0), got {w}")
         if self.attention not in VARIANTS:
             raise ValueError(f"attention must be one of {VARIANTS}, got {self.attention!r}")
         if self.reduction < 1:
@@ -57,7 +61,11 @@ class ModelConfig:
         return round(c * self.width)
 
     @property
-    def is_paper_size(self) -> bool: return self.img_size == PAPER_SIZE and self.width == 1.0
+    def speech(self) -> 'ModelConfig': # this config with the speech encoder's width as `width`
+        return dataclasses.replace(self, width=self.audio_width or self.width, audio_width=None)
+
+    @property
+    def is_paper_size(self) -> bool: return self.img_size == PAPER_SIZE and self.width == 1.0 and self.speech.width == 1.0
 
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
@@ -219,8 +227,10 @@ class AttnWav2Lip(nn.Module):
         bottom = cfg.kept_resolution == 'bottom'
         encoder = _sized(FACE_ENCODER, cfg, stride1_at=(5, 0) if bottom else (1, 0))
         decoder = _sized(FACE_DECODER, cfg, stride1_at=(2, 0) if bottom else (6, 0), scale_input=True)
+        kind, _, cout, k, s, p = decoder[0][0]
+        decoder[0][0] = (kind, cfg.speech.channels(512), cout, k, s, p)   # decoder block 0 reads the speech embedding
         self.face_encoder_blocks = nn.ModuleList(_sequential(rows) for rows in encoder)
-        self.audio_encoder = _sequential(_sized([AUDIO_ENCODER], cfg)[0])
+        self.audio_encoder = _sequential(_sized([AUDIO_ENCODER], cfg.speech)[0])
         self.face_decoder_blocks = nn.ModuleList(_sequential(rows) for rows in decoder)
         c_out = cfg.channels(FACE_DECODER[-1][-1][2]) + encoder[0][-1][2]
         self.output_block = nn.Sequential(Conv2dBlock(c_out, cfg.channels(32), 3, 1, 1),

@@ -8,7 +8,9 @@ checkpoints along the way give the curve over steps. The gap closed is
 
     (LSE-C(run) − LSE-C(copied)) / (LSE-C(real) − LSE-C(copied))      (and the same with LSE-D, lower is better)
 
-with the real and copied rows of that pipeline run.
+with the real and copied rows of that pipeline run. Each run also keeps its train-L1 curve by wall time, for the
+second table: which setting lowers L1 fastest per second of training (beside the L1 of the trivial answer, the
+true upper half over the reference frame's lower half).
 
     python bench/bench_learning.py run NAME --set generator.lr=0.003 --variants none cbam --seeds 0 1 --every 250
     python bench/bench_learning.py report          # bench/results/learning.md and learning.png from every run so far
@@ -58,8 +60,12 @@ def _job(job):
     train_generator(model, data, cfg, out / "run")
     train_s = time.perf_counter() - t0
     logged = [json.loads(l) for l in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    walls = {r["step"]: r.get("wall_s") for r in logged if r["split"] == "train"}
+    curve = [(r["step"], r.get("wall_s"), r["l1"]) for r in logged if r["split"] == "train"]
+    walls, l1s = {s: w for s, w, _ in curve}, {s: l for s, _, l in curve}
     ref = json.loads((runs / "eval" / "references" / "metrics.json").read_text())
+    from attnwav2lip.data import GeneratorDataset
+    from attnwav2lip.train import training_datasets
+    copy_l1 = copied_l1(training_datasets(GeneratorDataset, model, data, cfg)[1])
     ecfg = dataclasses.replace(p.eval, quality_videos=0)
     rows = []
     for ck in sorted((out / "run").glob("checkpoint_step*.pth")):
@@ -69,12 +75,22 @@ def _job(job):
         rows.append(dict(name=job["name"], variant=job["variant"], seed=job["seed"], step=step, overrides=job["overrides"],
                          settings=dict(model=dataclasses.asdict(model), generator={k: v for k, v in dataclasses.asdict(cfg).items()
                                                                                   if k not in ("data_root", "expert_checkpoint")}),
-                         wall_s=walls.get(step, train_s), lse_d=m["lse_d"], lse_c=m["lse_c"],
+                         wall_s=walls.get(step, train_s), l1=l1s.get(step), train_curve=curve, copied_l1=copy_l1, lse_d=m["lse_d"], lse_c=m["lse_c"],
                          gap_c=gap(m["lse_c"], ref["copied_lse_c"], ref["real_lse_c"]),
                          gap_d=gap(m["lse_d"], ref["copied_lse_d"], ref["real_lse_d"]),
                          per_video_lse_c=_per_video(out / f"eval{step:06d}" / "lse"),
                          machine=job["machine"], threads=job["threads"], date=job["date"]))
     return rows
+
+
+def copied_l1(val_set, n=200) -> float:
+    "L1 of the trivial answer on `n` validation windows: the true upper half over the reference frame's lower half."
+    out = []
+    for i in np.linspace(0, len(val_set) - 1, n).astype(int):
+        x, _, _, y = val_set[int(i)]
+        guess = x[3:].clone(); guess[..., : y.shape[-1] // 2, :] = y[..., : y.shape[-1] // 2, :]
+        out.append((guess - y).abs().mean().item())
+    return float(np.mean(out))
 
 
 def _per_video(lse_dir):
@@ -134,19 +150,58 @@ def report(args):
         pm = lambda m, w: f"{m:.2f}" + (f" ± {w:.2f}" if len(rs) > 1 else "")
         lines.append(f"| {name} | {' '.join(rs[0]['overrides']) or '–'} | {variant} | {step} | {len(rs)} | {pm(c, cw)} | "
                      f"{pm(d, dw)} | {lc:.2f} | {ld:.2f} | {np.mean([r['wall_s'] or 0 for r in rs]):.0f} |")
+    lines += ["", *recipe_table(rows)]
     path = RESULTS / "learning.md"
     old = path.read_text() if path.is_file() else ""
     notes = old[old.index(NOTES):] if NOTES in old else NOTES + "\n"
     path.write_text("\n".join(lines) + "\n\n![gap closed by steps](learning.png)\n\n" + notes)
-    figure(groups, RESULTS / "learning.png")
+    figure(groups, RESULTS / "learning.png", rows)
     print(f"wrote {path}", file=sys.stderr)
 
 
-def figure(groups, path):
+def train_curves(rows) -> dict:
+    "{(name, variant, seed): (overrides, train curve [(step, wall s, L1)], last scored row)} of the runs that logged one."
+    out = {}
+    for r in sorted(rows, key=lambda r: r["step"]):
+        if r.get("train_curve"): out[(r["name"], r["variant"], r["seed"])] = (r["overrides"], r["train_curve"], r)
+    return out
+
+
+def l1_at(curve, wall_s):
+    "Train L1 after `wall_s` seconds of training, interpolated between logged steps (None past the run's end)."
+    w, l = np.array([c[1] for c in curve], float), np.array([c[2] for c in curve], float)
+    return float(np.interp(wall_s, w, l)) if w[0] <= wall_s <= w[-1] else None
+
+
+RECIPE_WALL_S = 150   # the budget at which the recipe table compares settings: what every recipe run trained past
+
+
+def recipe_table(rows) -> list:
+    "Markdown lines: how fast each setting's train L1 falls per second of training, beside its last gap closed."
+    cs = train_curves(rows)
+    if not cs: return []
+    copy = next(r["copied_l1"] for r in rows if "copied_l1" in r)
+    out = ["## Which recipe learns fastest per second (train L1)", "",
+           f"Each setting's generator L1 (training batches, logged every 50 steps) after {RECIPE_WALL_S} s of training, "
+           "interpolated, and at its last logged step; runs of one setting were trained two at a time, one thread each, "
+           "as the pipeline's workers do. The trivial answer — the true upper half over the reference frame's lower half — "
+           f"scores L1 {copy:.4f} on the validation windows.", "",
+           f"| study | overrides | variant | seed | L1 at {RECIPE_WALL_S} s | steps | wall s | L1 at the end | gap closed at the end, LSE-C / LSE-D |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for (name, variant, seed), (ov, curve, last) in sorted(cs.items()):
+        at = l1_at(curve, RECIPE_WALL_S)
+        out.append(f"| {name} | {' '.join(ov) or '–'} | {variant} | {seed} | {'–' if at is None else f'{at:.4f}'} | {curve[-1][0]} | "
+                   f"{curve[-1][1]:.0f} | {curve[-1][2]:.4f} | {last['gap_c']:.2f} / {last['gap_d']:.2f} (step {last['step']}) |")
+    return out
+
+
+def figure(groups, path, rows=()):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    cs = train_curves(rows)
+    plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)   # one colour per curve
+    fig, axes = plt.subplots(1, 3 if cs else 2, figsize=(18 if cs else 12, 4))
     curves = {}
     for (name, variant, step), rs in groups.items(): curves.setdefault((name, variant), []).append((step, rs))
     for (name, variant), pts in sorted(curves.items()):
@@ -162,6 +217,14 @@ def figure(groups, path):
         ax.text(default_steps, ax.get_ylim()[1], f" params.yaml: {default_steps} steps", fontsize=7, va="top", color="grey")
         ax.set_xlabel("training step"); ax.set_ylabel(f"gap closed ({t})"); ax.set_title(f"{t}: copied = 0, real videos = 1")
     axes[1].legend(fontsize=7)
+    if cs:
+        for (name, variant, seed), (ov, curve, _) in sorted(cs.items()):
+            axes[2].plot([c[1] for c in curve], [c[2] for c in curve], marker=".", label=f"{name} / {variant} / s{seed}")
+        copy = next((r["copied_l1"] for r in rows if "copied_l1" in r), None)
+        if copy: axes[2].axhline(copy, c="k", ls=":", lw=0.8)
+        axes[2].axvline(RECIPE_WALL_S, c="grey", ls="--", lw=0.8)
+        axes[2].set_xlabel("training wall s (two runs at a time)"); axes[2].set_ylabel("train L1")
+        axes[2].set_title("train L1 per second of training (dotted: reference copied)"); axes[2].legend(fontsize=6)
     fig.tight_layout(); fig.savefig(path, dpi=110)
 
 
