@@ -42,10 +42,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.img_size not in IMG_SIZES:
             raise ValueError(f"img_size must be one of {IMG_SIZES}, got {self.img_size}")
-        for name in ('width', 'audio_width'):
-            w = getattr(self, name)
-            if name == 'audio_width' and w is None: continue
-            if not w > 0 or abs(w * 16 - round(w * 16)) > 1e-9:
+        for name, w in (('width', self.width), ('audio_width', self.audio_width)):
+            if w is not None and (not w > 0 or abs(w * 16 - round(w * 16)) > 1e-9):
                 raise ValueError(f"{name} must be a positive multiple of 1/16 (e.g. 0.25, 0.5, 1.0), got {w}")
         if self.attention not in VARIANTS:
             raise ValueError(f"attention must be one of {VARIANTS}, got {self.attention!r}")
@@ -65,7 +63,7 @@ class ModelConfig:
         return dataclasses.replace(self, width=self.audio_width or self.width, audio_width=None)
 
     @property
-    def is_paper_size(self) -> bool: return self.img_size == PAPER_SIZE and self.width == 1.0 and self.speech.width == 1.0
+    def is_paper_size(self) -> bool: return self.img_size == PAPER_SIZE and self.width == 1.0 and self.audio_width in (None, 1.0)
 
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 

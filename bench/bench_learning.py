@@ -159,6 +159,11 @@ def report(args):
     print(f"wrote {path}", file=sys.stderr)
 
 
+def recorded_copied_l1(rows):
+    "The trivial answer's L1 as the runs recorded it (None before runs recorded it)."
+    return next((r["copied_l1"] for r in rows if "copied_l1" in r), None)
+
+
 def train_curves(rows) -> dict:
     "{(name, variant, seed): (overrides, train curve [(step, wall s, L1)], last scored row)} of the runs that logged one."
     out = {}
@@ -180,7 +185,7 @@ def recipe_table(rows) -> list:
     "Markdown lines: how fast each setting's train L1 falls per second of training, beside its last gap closed."
     cs = train_curves(rows)
     if not cs: return []
-    copy = next(r["copied_l1"] for r in rows if "copied_l1" in r)
+    copy = recorded_copied_l1(rows)
     out = ["## Which recipe learns fastest per second (train L1)", "",
            f"Each setting's generator L1 (training batches, logged every 50 steps) after {RECIPE_WALL_S} s of training, "
            "interpolated, and at its last logged step; runs of one setting were trained two at a time, one thread each, "
@@ -220,7 +225,7 @@ def figure(groups, path, rows=()):
     if cs:
         for (name, variant, seed), (ov, curve, _) in sorted(cs.items()):
             axes[2].plot([c[1] for c in curve], [c[2] for c in curve], marker=".", label=f"{name} / {variant} / s{seed}")
-        copy = next((r["copied_l1"] for r in rows if "copied_l1" in r), None)
+        copy = recorded_copied_l1(rows)
         if copy: axes[2].axhline(copy, c="k", ls=":", lw=0.8)
         axes[2].axvline(RECIPE_WALL_S, c="grey", ls="--", lw=0.8)
         axes[2].set_xlabel("training wall s (two runs at a time)"); axes[2].set_ylabel("train L1")
