@@ -14,6 +14,7 @@ true upper half over the reference frame's lower half).
 
     python bench/bench_learning.py run NAME --set generator.lr=0.003 --variants none cbam --seeds 0 1 --every 250
     python bench/bench_learning.py report          # bench/results/learning.md and learning.png from every run so far
+    python bench/bench_learning.py mouths phase1/none-s0@1200 …   # lower faces of scored checkpoints beside the real clip
 
 `run` appends one JSON line per checkpoint to bench/results/learning.jsonl (a run already there is skipped), with
 the run's resolved settings, wall time and machine, so the report can be rebuilt and extended.
@@ -233,6 +234,35 @@ def figure(groups, path, rows=()):
     fig.tight_layout(); fig.savefig(path, dpi=110)
 
 
+def mouths(args):
+    "Lower faces of the first test pair's generated video at each named checkpoint, under the real clip's own frames."
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from attnwav2lip.evaluate import clip_path, face_region, read_pairs
+    from attnwav2lip.lse import read_video_frames
+    corpus = ROOT / "data" / "synthetic"
+    pair = read_pairs(Path(args.runs) / "eval" / "references" / "pairs.csv")[0]
+    real, _ = read_video_frames(clip_path(corpus, pair["video"]))
+    rows = {f"real ({pair['video']})": real}
+    for spec in args.checkpoints:   # NAME/VARIANT-sSEED@STEP
+        run, _, step = spec.partition("@")
+        video = Path(args.work) / run / f"eval{int(step):06d}" / "paired" / f"{pair['index']:04d}.mp4"
+        if not video.is_file(): sys.exit(f"{video}: no scored checkpoint {spec} (bench_learning.py run … first)")
+        rows[spec] = read_video_frames(video)[0]
+    x1, y1, x2, y2 = face_region(corpus, pair["video"], real.shape[1:])
+    n = min(len(f) for f in rows.values())
+    picks = np.linspace(0, n - 1, args.frames).round().astype(int)
+    fig, axes = plt.subplots(len(rows), args.frames, figsize=(1.3 * args.frames, 1.0 * len(rows) + 0.4), squeeze=False)
+    for r, (label, frames) in enumerate(rows.items()):
+        for c, t in enumerate(picks):
+            axes[r, c].imshow(frames[t, (y1 + y2) // 2:y2, x1:x2, ::-1]); axes[r, c].set_xticks([]); axes[r, c].set_yticks([])
+            if c == 0: axes[r, c].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"lower face: the real clip, then each checkpoint lip-syncing it to {pair['audio']}'s speech", fontsize=8)
+    fig.tight_layout(); fig.savefig(RESULTS / args.out, dpi=110)
+    print(f"wrote {RESULTS / args.out}", file=sys.stderr)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -248,8 +278,14 @@ def main(argv=None):
     r.add_argument("--workers", type=int, default=2, help="runs trained at once (one process each)")
     r.add_argument("--threads", type=int, default=1, help="torch threads per run")
     sub.add_parser("report", help="write bench/results/learning.md from every recorded run")
+    m = sub.add_parser("mouths", help="a strip of generated lower faces of scored checkpoints beside the real clip")
+    m.add_argument("checkpoints", nargs="+", metavar="NAME/VARIANT-sSEED@STEP")
+    m.add_argument("--runs", default=ROOT / "runs", help="the pipeline run the checkpoints were scored against")
+    m.add_argument("--work", default="/tmp/attnwav2lip-learning")
+    m.add_argument("--frames", type=int, default=8)
+    m.add_argument("--out", default="learning_mouths.png", help="file name under bench/results/")
     a = ap.parse_args(argv)
-    run(a) if a.cmd == "run" else report(a)
+    {"run": run, "report": report, "mouths": mouths}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def main(argv=None):
         "# Wall time of the default pipeline (`dvc repro -f`, embedded corpus, CPU size)", "",
         f"Measured {datetime.date.today()} with `python bench/bench_pipeline.py` on {cpu_name()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}; load average at the start {load:.2f}.", "",
-        f"**Total: {total // 60:.0f} min {total % 60:02.0f} s wall**; largest stage process {rss:.2f} GB resident. "
+        "**Total: %d min %02d s wall**; " % divmod(round(total), 60) + f"largest stage process {rss:.2f} GB resident. "
         f"Second `dvc repro`: {'nothing to do' if 'up to date' in again and 'Running stage' not in again else 'RAN STAGES'}.", "",
         "| stage | wall s (including its papermill kernel start) |", "|---|---|", *rows, ""])
     notes = OUT.read_text().split(NOTES, 1)[1] if OUT.exists() and NOTES in OUT.read_text() else "\n"
