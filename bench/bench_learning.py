@@ -207,7 +207,7 @@ def figure(groups, path, rows=()):
     import matplotlib.pyplot as plt
     cs = train_curves(rows)
     plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)   # one colour per curve
-    fig, axes = plt.subplots(1, 3 if cs else 2, figsize=(18 if cs else 12, 4))
+    fig, axes = plt.subplots(1, 3 if cs else 2, figsize=(20 if cs else 13, 7))
     curves = {}
     for (name, variant, step), rs in groups.items(): curves.setdefault((name, variant), []).append((step, rs))
     for (name, variant), pts in sorted(curves.items()):
@@ -222,7 +222,7 @@ def figure(groups, path, rows=()):
         ax.axvline(default_steps, c="grey", ls="--", lw=0.8)
         ax.text(default_steps, ax.get_ylim()[1], f" params.yaml: {default_steps} steps", fontsize=7, va="top", color="grey")
         ax.set_xlabel("training step"); ax.set_ylabel(f"gap closed ({t})"); ax.set_title(f"{t}: copied = 0, real videos = 1")
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     if cs:
         for (name, variant, seed), (ov, curve, _) in sorted(cs.items()):
             axes[2].plot([c[1] for c in curve], [c[2] for c in curve], marker=".", label=f"{name} / {variant} / s{seed}")
@@ -230,7 +230,8 @@ def figure(groups, path, rows=()):
         if copy: axes[2].axhline(copy, c="k", ls=":", lw=0.8)
         axes[2].axvline(RECIPE_WALL_S, c="grey", ls="--", lw=0.8)
         axes[2].set_xlabel("training wall s (two runs at a time)"); axes[2].set_ylabel("train L1")
-        axes[2].set_title("train L1 per second of training (dotted: reference copied)"); axes[2].legend(fontsize=6)
+        axes[2].set_title("train L1 per second of training (dotted: reference copied)")
+        axes[2].legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout(); fig.savefig(path, dpi=110)
 
 
