@@ -513,6 +513,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'attnwav2lip.report.aggregate_runs': ('report.html#aggregate_runs', 'attnwav2lip/report.py'),
                                     'attnwav2lip.report.cli_evaluate': ('report.html#cli_evaluate', 'attnwav2lip/report.py'),
                                     'attnwav2lip.report.loss_curves_figure': ('report.html#loss_curves_figure', 'attnwav2lip/report.py'),
+                                    'attnwav2lip.report.lower_face_strip': ('report.html#lower_face_strip', 'attnwav2lip/report.py'),
                                     'attnwav2lip.report.lse_figure': ('report.html#lse_figure', 'attnwav2lip/report.py'),
                                     'attnwav2lip.report.lse_intervals': ('report.html#lse_intervals', 'attnwav2lip/report.py'),
                                     'attnwav2lip.report.mouth_strip': ('report.html#mouth_strip', 'attnwav2lip/report.py'),

@@ -24,8 +24,8 @@ from .runs import atomic_write, new_figure, save_figure, write_json
 # %% auto #0
 __all__ = ['PAPER_TABLE1', 'PAPER_TABLE2', 'PAPER_DATASETS', 'GAP_TARGET', 'LEARNED_FIELDS', 'aggregate_runs', 'table2_rows',
            'table1_rows', 'read_lse_scores', 'run_scores', 'lse_intervals', 'ordering_statement', 'pairs_table',
-           'lse_figure', 'paper_tables', 'mouth_strip', 'loss_curves_figure', 'write_report', 'run_evaluation',
-           'cli_evaluate']
+           'lse_figure', 'paper_tables', 'lower_face_strip', 'mouth_strip', 'loss_curves_figure', 'write_report',
+           'run_evaluation', 'cli_evaluate']
 
 # %% ../nbs/11b_report.ipynb #87962eeb
 PAPER_TABLE1 = {  # LSE-D, LSE-C per test set (paper Table 1)
@@ -316,6 +316,30 @@ def paper_tables(results, # summaries: `evaluate_variant` / `evaluate_references
     return dict(metrics=metrics, sentence=sentence, table1=t1, table2=t2)
 
 # %% ../nbs/11b_report.ipynb #e8d01251
+def lower_face_strip(rows: Mapping[str, np.ndarray], # row label -> frames (T, H, W, 3) uint8 BGR, all of one clip's geometry
+                     box, # the face box (x1, y1, x2, y2): its lower half is shown
+                     path, # the PNG to write
+                     title: str, # the figure's title
+                     n_frames: int = 8, # evenly spaced frames, the same in every row
+                    ) -> Path:
+    "One row of lower-face crops per entry of `rows`, on the same frames."
+    x1, y1, x2, y2 = box
+    n = min(len(f) for f in rows.values())
+    picks = np.linspace(0, n - 1, n_frames).round().astype(int)
+    fig = new_figure(figsize=(1.3 * n_frames, 1.0 * len(rows) + 0.4))
+    axes = fig.subplots(len(rows), n_frames, squeeze=False)
+    for r, (label, frames) in enumerate(rows.items()):
+        for c, t in enumerate(picks):
+            ax = axes[r, c]
+            ax.imshow(frames[t, (y1 + y2) // 2:y2, x1:x2, ::-1])   # BGR → RGB
+            ax.set_xticks([]); ax.set_yticks([])
+            if c == 0: ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+            if r == 0: ax.set_title(f"frame {t}", fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def mouth_strip(root, # the pipeline's runs/ folder
                 names: Sequence[str], # generator runs, `<variant>-s<seed>`
                 corpus, # the corpus the test clips come from
@@ -332,22 +356,8 @@ def mouth_strip(root, # the pipeline's runs/ folder
     real, _ = read_video_frames(clip_path(corpus, pair["video"]))
     rows = {"Real": real} | {VARIANT_NAMES[v]: read_video_frames(root / "eval" / "variants" / n / "matched" / f"{pair['index']:04d}.mp4")[0]
                              for v, n in first.items()}
-    x1, y1, x2, y2 = face_region(corpus, pair["video"], real.shape[1:]) or (0, 0, real.shape[2], real.shape[1])
-    ys = (y1 + y2) // 2, y2
-    n = min(len(f) for f in rows.values())
-    picks = np.linspace(0, n - 1, n_frames).round().astype(int)
-    fig = new_figure(figsize=(1.3 * n_frames, 1.0 * len(rows) + 0.4))
-    axes = fig.subplots(len(rows), n_frames, squeeze=False)
-    for r, (label, frames) in enumerate(rows.items()):
-        for c, t in enumerate(picks):
-            ax = axes[r, c]
-            ax.imshow(frames[t, ys[0]:ys[1], x1:x2, ::-1])   # BGR → RGB
-            ax.set_xticks([]); ax.set_yticks([])
-            if c == 0: ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-            if r == 0: ax.set_title(f"frame {t}", fontsize=7)
-    fig.suptitle(f"lower face, test clip {pair['video']} with its own audio", fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    box = face_region(corpus, pair["video"], real.shape[1:]) or (0, 0, real.shape[2], real.shape[1])
+    return lower_face_strip(rows, box, path, f"lower face, test clip {pair['video']} with its own audio", n_frames)
 
 # %% ../nbs/11b_report.ipynb #d929f063
 GAP_TARGET = 0.6   # the share of the copied → real gap below which the report does not call lip sync learned

@@ -237,11 +237,9 @@ def figure(groups, path, rows=()):
 
 def mouths(args):
     "Lower faces of the first test pair's generated video at each named checkpoint, under the real clip's own frames."
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from attnwav2lip.evaluate import clip_path, face_region, read_pairs
     from attnwav2lip.lse import read_video_frames
+    from attnwav2lip.report import lower_face_strip
     corpus = ROOT / "data" / "synthetic"
     pair = read_pairs(Path(args.runs) / "eval" / "references" / "pairs.csv")[0]
     real, _ = read_video_frames(clip_path(corpus, pair["video"]))
@@ -251,17 +249,9 @@ def mouths(args):
         video = Path(args.work) / run / f"eval{int(step):06d}" / "paired" / f"{pair['index']:04d}.mp4"
         if not video.is_file(): sys.exit(f"{video}: no scored checkpoint {spec} (bench_learning.py run … first)")
         rows[spec] = read_video_frames(video)[0]
-    x1, y1, x2, y2 = face_region(corpus, pair["video"], real.shape[1:])
-    n = min(len(f) for f in rows.values())
-    picks = np.linspace(0, n - 1, args.frames).round().astype(int)
-    fig, axes = plt.subplots(len(rows), args.frames, figsize=(1.3 * args.frames, 1.0 * len(rows) + 0.4), squeeze=False)
-    for r, (label, frames) in enumerate(rows.items()):
-        for c, t in enumerate(picks):
-            axes[r, c].imshow(frames[t, (y1 + y2) // 2:y2, x1:x2, ::-1]); axes[r, c].set_xticks([]); axes[r, c].set_yticks([])
-            if c == 0: axes[r, c].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(f"lower face: the real clip, then each checkpoint lip-syncing it to {pair['audio']}'s speech", fontsize=8)
-    fig.tight_layout(); fig.savefig(RESULTS / args.out, dpi=110)
-    print(f"wrote {RESULTS / args.out}", file=sys.stderr)
+    path = lower_face_strip(rows, face_region(corpus, pair["video"], real.shape[1:]), RESULTS / args.out,
+                            f"lower face: the real clip, then each checkpoint lip-syncing it to {pair['audio']}'s speech", args.frames)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def main(argv=None):
