@@ -2,10 +2,10 @@
 
 Scores the pipeline's 16 test clips with their own audio, as the evaluation judge of a finished pipeline run sees
 them, after each degradation of the lower half of the face box (the part a generator paints):
-- `blur σ`: a Gaussian blur of σ pixels (the clips are 160 px; the face box is about 75 px, so σ = 1.6 px here is
-  about 1 px of a 48 px crop);
-- `via S px`: the whole face box resized to an S × S crop and back (what a perfect generator at crop size S gives:
-  `preprocess.img_size` is 48 on the CPU, 96 in the paper);
+- `blur σ`: a Gaussian blur of σ pixels (the clips are 160 px; the test clips' face boxes are 64–84 px wide, 73 on
+  average, so σ = 1.6 px here is about 1 px of a 48 px crop);
+- `via S px`: the face box resized to an S × S crop and back, its lower half pasted (what a perfect generator at crop
+  size S gives: `preprocess.img_size` is 48 on the CPU, 96 in the paper);
 - `still mouth`: the lower face of the first frame held for the whole clip (no motion at all).
 Beside them, the pipeline's own reference rows (real, reference frames copied with another clip's audio) and the
 gap closed, as the report computes it. Prints the table and writes bench/results/judge_sharpness.md.
@@ -27,6 +27,7 @@ from attnwav2lip.judge import judge_lse_config, load_judge
 from attnwav2lip.lse import lse_scores_av, read_audio_int16, read_video_frames
 
 from _machine import cpu_name
+from bench_learning import gap
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "synthetic"
@@ -37,13 +38,14 @@ def degrade(frames, box, kind:str, value=None):
     "A copy of `frames` (T, H, W, 3) with the lower face of `box` degraded by `kind` ('blur', 'via', 'still')."
     x1, y1, x2, y2 = box
     ym, f = (y1 + y2) // 2, frames.copy()
-    for i in range(len(f)):
-        if kind == "blur": f[i, ym:y2, x1:x2] = cv2.GaussianBlur(frames[i], (0, 0), value)[ym:y2, x1:x2]
-        elif kind == "via":
+    if kind == "still": f[:, ym:y2, x1:x2] = frames[0, ym:y2, x1:x2]
+    elif kind == "blur":
+        for i in range(len(f)): f[i, ym:y2, x1:x2] = cv2.GaussianBlur(frames[i], (0, 0), value)[ym:y2, x1:x2]
+    elif kind == "via":
+        for i in range(len(f)):
             crop = cv2.resize(frames[i, y1:y2, x1:x2], (value, value), interpolation=cv2.INTER_AREA)
             f[i, ym:y2, x1:x2] = cv2.resize(crop, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)[ym - y1:]
-        elif kind == "still": f[i, ym:y2, x1:x2] = frames[0, ym:y2, x1:x2]
-        else: raise ValueError(f"unknown degradation {kind!r}")
+    else: raise ValueError(f"unknown degradation {kind!r}")
     return f
 
 
@@ -74,11 +76,11 @@ def main(argv=None):
         for name, kind, value in SETTINGS:
             r = lse_scores_av(frames if kind is None else degrade(frames, box, kind, value), audio, judge, view, source=str(video))
             scores[name].append((r["lse_d"], r["lse_c"]))
-    gap = lambda v, k: (v - ref[f"copied_{k}"]) / (ref[f"real_{k}"] - ref[f"copied_{k}"])
     lines = ["| lower face of the real clips | LSE-D ↓ | LSE-C ↑ | gap closed, LSE-D | gap closed, LSE-C |", "|---|---|---|---|---|"]
     for name, _, _ in SETTINGS:
         d, c = np.mean(scores[name], 0)
-        lines.append(f"| {name} | {d:.2f} | {c:.2f} | {gap(d, 'lse_d'):.2f} | {gap(c, 'lse_c'):.2f} |")
+        lines.append(f"| {name} | {d:.2f} | {c:.2f} | {gap(d, ref['copied_lse_d'], ref['real_lse_d']):.2f} | "
+                     f"{gap(c, ref['copied_lse_c'], ref['real_lse_c']):.2f} |")
     lines.append(f"| *pipeline: reference frames copied (another clip's audio)* | {ref['copied_lse_d']:.2f} | "
                  f"{ref['copied_lse_c']:.2f} | 0 | 0 |")
     table = "\n".join(lines)
