@@ -439,7 +439,8 @@ def write_report(root, # the pipeline's runs/ folder
         "## Learned sync the judge sees: the gap closed", "",
         "How much of the distance from pasting the reference frames (0) to the real videos (1) each variant covers, per",
         f"metric, with 95 % intervals (hierarchical bootstrap, {stats['n_boot']} replicates, over seeds and the "
-        f"{n_videos} test videos). How it grows with training: [the learning study](../../bench/results/learning.md); "
+        f"{n_videos} test videos). How it grows with training, and what the paper's two phases reach given longer training at CPU size: "
+        "[the learning study](../../bench/results/learning.md); "
         "how sharp a generated mouth must be for the judge to see its sync: [the judge's sharpness](../../bench/results/judge_sharpness.md).", "",
         gap_md, *(["![mouths: real vs generated](mouths.png)", ""] if corpus is not None else []),
         (out / "tables" / "tables.md").read_text().split("\n", 1)[1], "", "![LSE per method](tables/lse_table.png)", "",

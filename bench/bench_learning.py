@@ -15,6 +15,7 @@ true upper half over the reference frame's lower half).
     python bench/bench_learning.py run NAME --set generator.lr=0.003 --variants none cbam --seeds 0 1 --every 250
     python bench/bench_learning.py report          # bench/results/learning.md and learning.png from every run so far
     python bench/bench_learning.py mouths phase1/none-s0@1200 …   # lower faces of scored checkpoints beside the real clip
+    python bench/bench_learning.py gaps phase1/none-s0@1200 phase1/none-s1@1200 …   # gap closed with 95 % intervals
 
 `run` appends one JSON line per checkpoint to bench/results/learning.jsonl (a run already there is skipped), with
 the run's resolved settings, wall time and machine, so the report can be rebuilt and extended.
@@ -26,6 +27,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -133,6 +135,12 @@ def interval(values, level=0.95):
     return float(v.mean()), float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
 
 
+def short_override(o:str) -> str:
+    "A warm start from a study checkpoint as NAME/VARIANT-s<seed>@STEP (each seed of a row starts from its own)."
+    m = re.fullmatch(r"generator\.warm_start=.*/([^/]+)/([a-z]+)-s\d+/run/checkpoint_step0*(\d+)\.pth", o)
+    return f"generator.warm_start={m[1]}/{m[2]}-s<seed>@{m[3]}" if m else o
+
+
 def report(args):
     rows = read_rows()
     if not rows: sys.exit(f"{JSONL}: no runs yet (bench_learning.py run …)")
@@ -149,7 +157,7 @@ def report(args):
         c, cw = interval([r["gap_c"] for r in rs]); d, dw = interval([r["gap_d"] for r in rs])
         lc, _ = interval([r["lse_c"] for r in rs]); ld, _ = interval([r["lse_d"] for r in rs])
         pm = lambda m, w: f"{m:.2f}" + (f" ± {w:.2f}" if len(rs) > 1 else "")
-        lines.append(f"| {name} | {' '.join(rs[0]['overrides']) or '–'} | {variant} | {step} | {len(rs)} | {pm(c, cw)} | "
+        lines.append(f"| {name} | {' '.join(map(short_override, rs[0]['overrides'])) or '–'} | {variant} | {step} | {len(rs)} | {pm(c, cw)} | "
                      f"{pm(d, dw)} | {lc:.2f} | {ld:.2f} | {np.mean([r['wall_s'] or 0 for r in rs]):.0f} |")
     lines += ["", *recipe_table(rows)]
     path = RESULTS / "learning.md"
@@ -196,7 +204,7 @@ def recipe_table(rows) -> list:
            "|---|---|---|---|---|---|---|---|---|"]
     for (name, variant, seed), (ov, curve, last) in sorted(cs.items()):
         at = l1_at(curve, RECIPE_WALL_S)
-        out.append(f"| {name} | {' '.join(ov) or '–'} | {variant} | {seed} | {'–' if at is None else f'{at:.4f}'} | {curve[-1][0]} | "
+        out.append(f"| {name} | {' '.join(map(short_override, ov)) or '–'} | {variant} | {seed} | {'–' if at is None else f'{at:.4f}'} | {curve[-1][0]} | "
                    f"{curve[-1][1]:.0f} | {curve[-1][2]:.4f} | {last['gap_c']:.2f} / {last['gap_d']:.2f} (step {last['step']}) |")
     return out
 
@@ -254,6 +262,28 @@ def mouths(args):
     print(f"wrote {path}", file=sys.stderr)
 
 
+def gaps(args):
+    "Gap closed of scored checkpoints with the report's 95 % intervals (hierarchical bootstrap over seeds and the test videos)."
+    from attnwav2lip.report import COPIED, REAL, lse_intervals, read_lse_scores
+    refs = Path(args.runs) / "eval" / "references"
+    groups = {}
+    for spec in args.checkpoints:   # NAME/VARIANT-sSEED@STEP; the seeds of one NAME/VARIANT@STEP are pooled
+        run, _, step = spec.partition("@")
+        name, _, variant_seed = run.rpartition("/")
+        csv_path = Path(args.work) / run / f"eval{int(step):06d}" / "lse" / "lse_per_video.csv"
+        if not csv_path.is_file(): sys.exit(f"{csv_path}: no scored checkpoint {spec} (bench_learning.py run … first)")
+        groups.setdefault(f"{name}/{variant_seed.rsplit('-s', 1)[0]}@{step}", []).append(read_lse_scores(csv_path))
+    real, copied = (read_lse_scores(refs / k / "lse" / "lse_per_video.csv") for k in ("real", "copied"))
+    print("| checkpoint | seeds | gap closed, LSE-C [95 %] | gap closed, LSE-D [95 %] |\n|---|---|---|---|")
+    for label, runs in groups.items():
+        videos = sorted(set(real) & set(copied) & set.intersection(*(set(r) for r in runs)))
+        scores = {REAL: np.array([[real[v] for v in videos]]), COPIED: np.array([[copied[v] for v in videos]]),
+                  label: np.array([[r[v] for v in videos] for r in runs])}
+        g = lse_intervals(scores)["gap"][label]
+        cell = lambda k: f"{g[k]:.2f} [{g[k + '_ci'][0]:.2f}, {g[k + '_ci'][1]:.2f}]"
+        print(f"| {label} | {len(runs)} | {cell('lse_c')} | {cell('lse_d')} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -275,8 +305,12 @@ def main(argv=None):
     m.add_argument("--work", default="/tmp/attnwav2lip-learning")
     m.add_argument("--frames", type=int, default=8)
     m.add_argument("--out", default="learning_mouths.png", help="file name under bench/results/")
+    g = sub.add_parser("gaps", help="gap closed of scored checkpoints with 95 % intervals over seeds and test videos")
+    g.add_argument("checkpoints", nargs="+", metavar="NAME/VARIANT-sSEED@STEP")
+    g.add_argument("--runs", default=ROOT / "runs", help="the pipeline run the checkpoints were scored against")
+    g.add_argument("--work", default="/tmp/attnwav2lip-learning")
     a = ap.parse_args(argv)
-    {"run": run, "report": report, "mouths": mouths}[a.cmd](a)
+    {"run": run, "report": report, "mouths": mouths, "gaps": gaps}[a.cmd](a)
 
 
 if __name__ == "__main__":
