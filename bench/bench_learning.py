@@ -243,6 +243,14 @@ def figure(groups, path, rows=()):
     fig.tight_layout(); fig.savefig(path, dpi=110)
 
 
+def scored(work, spec:str, *parts) -> Path:
+    "A file of the evaluation of study checkpoint `spec` (NAME/VARIANT-sSEED@STEP); exits when it was not scored."
+    run, _, step = spec.partition("@")
+    path = Path(work, run, f"eval{int(step):06d}", *parts)
+    if not path.is_file(): sys.exit(f"{path}: no scored checkpoint {spec} (bench_learning.py run … first)")
+    return path
+
+
 def mouths(args):
     "Lower faces of the first test pair's generated video at each named checkpoint, under the real clip's own frames."
     from attnwav2lip.evaluate import clip_path, face_region, read_pairs
@@ -252,11 +260,8 @@ def mouths(args):
     pair = read_pairs(Path(args.runs) / "eval" / "references" / "pairs.csv")[0]
     real, _ = read_video_frames(clip_path(corpus, pair["video"]))
     rows = {f"real ({pair['video']})": real}
-    for spec in args.checkpoints:   # NAME/VARIANT-sSEED@STEP
-        run, _, step = spec.partition("@")
-        video = Path(args.work) / run / f"eval{int(step):06d}" / "paired" / f"{pair['index']:04d}.mp4"
-        if not video.is_file(): sys.exit(f"{video}: no scored checkpoint {spec} (bench_learning.py run … first)")
-        rows[spec] = read_video_frames(video)[0]
+    for spec in args.checkpoints:
+        rows[spec] = read_video_frames(scored(args.work, spec, "paired", f"{pair['index']:04d}.mp4"))[0]
     path = lower_face_strip(rows, face_region(corpus, pair["video"], real.shape[1:]), RESULTS / args.out,
                             f"lower face: the real clip, then each checkpoint lip-syncing it to {pair['audio']}'s speech", args.frames)
     print(f"wrote {path}", file=sys.stderr)
@@ -267,12 +272,10 @@ def gaps(args):
     from attnwav2lip.report import COPIED, REAL, lse_intervals, read_lse_scores
     refs = Path(args.runs) / "eval" / "references"
     groups = {}
-    for spec in args.checkpoints:   # NAME/VARIANT-sSEED@STEP; the seeds of one NAME/VARIANT@STEP are pooled
+    for spec in args.checkpoints:   # the seeds of one NAME/VARIANT@STEP are pooled
         run, _, step = spec.partition("@")
-        name, _, variant_seed = run.rpartition("/")
-        csv_path = Path(args.work) / run / f"eval{int(step):06d}" / "lse" / "lse_per_video.csv"
-        if not csv_path.is_file(): sys.exit(f"{csv_path}: no scored checkpoint {spec} (bench_learning.py run … first)")
-        groups.setdefault(f"{name}/{variant_seed.rsplit('-s', 1)[0]}@{step}", []).append(read_lse_scores(csv_path))
+        groups.setdefault(f"{run.rsplit('-s', 1)[0]}@{step}", []).append(
+            read_lse_scores(scored(args.work, spec, "lse", "lse_per_video.csv")))
     real, copied = (read_lse_scores(refs / k / "lse" / "lse_per_video.csv") for k in ("real", "copied"))
     print("| checkpoint | seeds | gap closed, LSE-C [95 %] | gap closed, LSE-D [95 %] |\n|---|---|---|---|")
     for label, runs in groups.items():
