@@ -14,8 +14,8 @@ import yaml
 from .models import VARIANTS
 
 # %% auto #0
-__all__ = ['SECTIONS', 'READS', 'DERIVED', 'CorpusConfig', 'ExperimentConfig', 'run_name', 'parse_run_name', 'config_from_dict',
-           'Params', 'load_params']
+__all__ = ['SECTIONS', 'READS', 'DERIVED', 'CorpusConfig', 'ExperimentConfig', 'run_name', 'phase1_name', 'parse_run_name',
+           'config_from_dict', 'Params', 'load_params']
 
 # %% ../nbs/12_params.ipynb #d7b051b9
 @dataclass
@@ -32,6 +32,7 @@ class ExperimentConfig:
     seeds:tuple = (0,) # training seeds of every variant
     workers:int = 1 # runs trained (and evaluated) at once, one process each
     threads:int = 0 # torch threads of each worker process (0: torch's default)
+    shared_phase1:bool = False # train the `phase1` section once per seed (Wav2Lip) and warm-start every variant of the seed from it
 
     def __post_init__(self):
         self.variants, self.seeds = tuple(self.variants), tuple(int(s) for s in self.seeds)
@@ -49,6 +50,9 @@ class ExperimentConfig:
 def run_name(variant:str, seed:int) -> str: return f"{variant}-s{int(seed)}"
 
 
+def phase1_name(seed:int) -> str: return f"phase1-s{int(seed)}" # the run folder of a seed's shared phase 1
+
+
 def parse_run_name(name:str) -> tuple: # (variant, seed)
     "`cbam-s2` → ('cbam', 2)."
     variant, _, seed = name.rpartition("-s")
@@ -61,11 +65,12 @@ SECTIONS = {  # params section -> (module, config dataclass)
     "preprocess": ("attnwav2lip.preprocess", "PreprocessConfig"), "data": ("attnwav2lip.data", "DataConfig"),
     "expert_model": ("attnwav2lip.models", "ModelConfig"), "expert": ("attnwav2lip.train", "ExpertTrainConfig"),
     "judge": ("attnwav2lip.judge", "JudgeConfig"), "model": ("attnwav2lip.models", "ModelConfig"),
-    "generator": ("attnwav2lip.train", "GeneratorTrainConfig"), "eval": ("attnwav2lip.evaluate", "EvalConfig"),
+    "generator": ("attnwav2lip.train", "GeneratorTrainConfig"), "phase1": ("attnwav2lip.train", "GeneratorTrainConfig"),
+    "eval": ("attnwav2lip.evaluate", "EvalConfig"),
 }
 READS = {  # the sections a function reads from a params file, and those a section's derived fields come from
     "expert_run": ("data", "expert_model", "expert"), "generator_run": ("model", "data", "generator"),
-    "train_runs": ("experiment", "generator_run"), "evaluate_runs": ("experiment", "eval"),
+    "phase1_run": ("model", "data", "phase1"), "train_runs": ("experiment", "generator_run", "phase1_run"), "evaluate_runs": ("experiment", "eval"),
     "data": ("preprocess",), "model": ("preprocess",), "expert_model": ("preprocess",), "judge": ("corpus",), "eval": ("corpus",),
 }
 DERIVED = {  # (section, field): what decides it
@@ -75,7 +80,8 @@ DERIVED = {  # (section, field): what decides it
     ("data", "seed"): "the run's seed (expert.seed, experiment.seeds)", ("judge", "corpus"): "corpus.path",
     ("eval", "corpus"): "corpus.path", ("eval", "dataset"): "corpus.name",
     ("expert", "data_root"): "the stage (a path)", ("generator", "data_root"): "the stage (a path)",
-    ("generator", "expert_checkpoint"): "the stage (a path)",
+    ("generator", "expert_checkpoint"): "the stage (a path)", ("phase1", "seed"): "experiment.seeds",
+    ("phase1", "data_root"): "the stage (a path)", ("phase1", "expert_checkpoint"): "the stage (a path)",
 }
 
 
@@ -144,6 +150,13 @@ class Params:
         if variant not in VARIANTS: raise ValueError(f"unknown variant {variant!r} ({VARIANTS})")
         return (replace(self.model, attention=variant), replace(self.data, seed=int(seed)),
                 replace(self.generator, seed=int(seed), data_root=str(data_root), expert_checkpoint=str(expert_checkpoint)))
+
+    def phase1_run(self, seed:int, # the seed whose variants start from this run
+                   data_root:str, # the preprocessed crops
+                   expert_checkpoint:str, # the trained expert (the loop needs it; an α = 0 phase 1 does not use it)
+                  ) -> tuple: # (ModelConfig, DataConfig, GeneratorTrainConfig) of the seed's shared phase 1: Wav2Lip, the `phase1` recipe
+        return (replace(self.model, attention="none"), replace(self.data, seed=int(seed)),
+                replace(self.phase1, seed=int(seed), data_root=str(data_root), expert_checkpoint=str(expert_checkpoint)))
 
 
 def load_params(path="params.yaml", # a params file

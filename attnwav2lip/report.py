@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from .attention_maps import attention_report
 from .evaluate import (COPIED, PROTOCOLS, REAL, SHIFTED, VARIANT_NAMES, EvalConfig, as_judge, check_finite, clip_path, csv_text,
@@ -24,8 +25,8 @@ from .runs import atomic_write, new_figure, save_figure, write_json
 # %% auto #0
 __all__ = ['PAPER_TABLE1', 'PAPER_TABLE2', 'PAPER_DATASETS', 'GAP_TARGET', 'LEARNED_FIELDS', 'aggregate_runs', 'table2_rows',
            'table1_rows', 'read_lse_scores', 'run_scores', 'lse_intervals', 'ordering_statement', 'pairs_table',
-           'lse_figure', 'paper_tables', 'lower_face_strip', 'mouth_strip', 'loss_curves_figure', 'write_report',
-           'run_evaluation', 'cli_evaluate']
+           'lse_figure', 'paper_tables', 'lower_face_strip', 'mouth_strip', 'loss_curves_figure', 'recipe_text',
+           'write_report', 'run_evaluation', 'cli_evaluate']
 
 # %% ../nbs/11b_report.ipynb #87962eeb
 PAPER_TABLE1 = {  # LSE-D, LSE-C per test set (paper Table 1)
@@ -398,6 +399,35 @@ def loss_curves_figure(root, # the runs/ folder
     return save_figure(fig, path)
 
 
+def _recipe(g:dict) -> str:
+    "A generator training config (a run's saved `generator` section) in words."
+    lr = f"Adam lr {g['lr']:g}" + (f" (the last {g['tail_steps']} steps at {g['tail_lr']:g})" if g.get("tail_steps") else "")
+    when = {"fixed": "from the first step", "plateau": "once L1 plateaus",
+            "auto": f"once the val sync loss < {g.get('sync_threshold')}"}.get(g["alpha_schedule"], g["alpha_schedule"])
+    return f"{g['steps']} steps, batch {g['batch_size']}, {lr}, α {g['alpha']:g}" + (f" {when}" if g["alpha"] else "") + f", β {g['beta']:g}"
+
+
+def recipe_text(root, # the runs/ folder
+                names: Sequence[str], # generator runs
+               ) -> str:
+    "How the generators were trained, read from the configs saved in their run folders (and in the run they warm-started from)."
+    texts = []
+    for name in names:
+        path = Path(root, "generator", name, "run", "config.yaml")
+        if not path.is_file(): raise FileNotFoundError(f"{path}: missing (did the generators stage run?)")
+        g = yaml.safe_load(path.read_text())["generator"]
+        text = _recipe(g)
+        base = Path(g["warm_start"]).parent / "config.yaml" if g.get("warm_start") else None
+        if base is not None and base.is_file():
+            b = yaml.safe_load(base.read_text())
+            text += (f", warm-started from its seed's shared phase 1 ({'Wav2Lip' if b['model']['attention'] == 'none' else b['model']['attention']}: "
+                     f"{_recipe(b['generator'])})")
+        elif base is not None: text += f", warm-started from {g['warm_start']}"
+        else: text += ", from scratch"
+        if text not in texts: texts.append(text)
+    return "; ".join(texts)
+
+
 def write_report(root, # the pipeline's runs/ folder
                  names: Sequence[str], # generator runs, `<variant>-s<seed>`
                  out_dir, # report.md, tables/, generators.csv, loss_curves.png, metrics.json
@@ -442,6 +472,7 @@ def write_report(root, # the pipeline's runs/ folder
         f"{n_videos} test videos). How it grows with training, and what the paper's two phases reach given longer training at CPU size: "
         "[the learning study](../../bench/results/learning.md); "
         "how sharp a generated mouth must be for the judge to see its sync: [the judge's sharpness](../../bench/results/judge_sharpness.md).", "",
+        f"Each generator trained {recipe_text(root, names)}.", "",
         gap_md, *(["![mouths: real vs generated](mouths.png)", ""] if corpus is not None else []),
         (out / "tables" / "tables.md").read_text().split("\n", 1)[1], "", "![LSE per method](tables/lse_table.png)", "",
         "## Learned sync (held-out val windows, expert's view)", "",

@@ -15,7 +15,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,8 @@ SCHEDULES = ("auto", "fixed", "plateau")
 class LoopConfig:
     "What every training loop needs: optimisation, cadence, seed and device."
     lr:float = 1e-4 # Adam learning rate (official: 1e-4)
+    tail_steps:int = 0 # the last `tail_steps` steps (counted back from `steps`) run at `tail_lr`, a one-step decay (0: `lr` throughout, as the official code)
+    tail_lr:float = 1e-5 # the learning rate of those last steps (a tenth of the official lr)
     batch_size:int = 64 # global batch, split evenly over the DistributedDataParallel processes
     steps:int = 100_000 # optimisation steps to reach (the official scripts run until stopped)
     log_every:int = 50 # steps between `train` rows of the metrics (means over those steps)
@@ -64,10 +66,15 @@ class LoopConfig:
     def __post_init__(self):
         for name in ("batch_size", "steps", "log_every", "eval_every", "eval_batches", "ckpt_every"):
             if int(getattr(self, name)) < 1: raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0: raise ValueError(f"{type(self).__name__}.lr must be > 0, got {self.lr}")
+        if self.lr <= 0 or self.tail_lr <= 0: raise ValueError(f"{type(self).__name__}.lr and tail_lr must be > 0, got {self.lr}, {self.tail_lr}")
+        if not 0 <= self.tail_steps <= self.steps:
+            raise ValueError(f"{type(self).__name__}.tail_steps must be within 0…steps ({self.steps}), got {self.tail_steps}")
         if self.amp not in AMP_MODES: raise ValueError(f"{type(self).__name__}.amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.keep_checkpoints < 0 or self.num_workers < 0 or self.threads < 0:
             raise ValueError(f"{type(self).__name__}: keep_checkpoints, num_workers and threads must be >= 0")
+
+    def lr_at(self, step:int) -> float: # the learning rate of optimisation step `step` (1 … steps)
+        return self.tail_lr if step > self.steps - self.tail_steps else self.lr
 
 
 @dataclass
@@ -315,6 +322,8 @@ def fit(trainer, # ExpertTrainer / GeneratorTrainer / the judge's trainer
     sums, count, t0 = {}, 0, time.perf_counter() - wall
     try:
         for step, batch in enumerate(trainer.batches(step, cfg.steps), step + 1):
+            if isinstance(cfg, LoopConfig):
+                for group in trainer.opt.param_groups: group["lr"] = cfg.lr_at(step)
             out = trainer.train_step(to_device(batch, rt.device), _guard(step, rt, latest))
             for k, v in out.items(): sums[k] = sums.get(k, 0.0) + v.detach().float()
             count += 1
@@ -665,26 +674,41 @@ def train_generator(model_cfg:ModelConfig, # size and attention variant
 
 # %% ../nbs/07_train.ipynb #f971fc70
 def _train_one(job:dict) -> dict:
-    from attnwav2lip.params import load_params, parse_run_name   # the params schema builds on this module
-    variant, seed = parse_run_name(job["name"])
-    out = Path(job["out"])
-    result = train_generator(*load_params(job["params"]).generator_run(variant, seed, job["crops"], job["expert"]), out / "run")
+    from attnwav2lip.params import load_params   # the params schema builds on this module
+    p, out = load_params(job["params"]), Path(job["out"])
+    if job["variant"] is None: model_cfg, data_cfg, cfg = p.phase1_run(job["seed"], job["crops"], job["expert"])
+    else: model_cfg, data_cfg, cfg = p.generator_run(job["variant"], job["seed"], job["crops"], job["expert"])
+    if job["phase1"]: cfg = replace(cfg, warm_start=job["phase1"])
+    result = train_generator(model_cfg, data_cfg, cfg, out / "run")
     write_json(out / "metrics.json", result)
     for split in ("train", "val"):
         (out / f"curve_{split}.tsv").write_text((out / "run" / f"metrics_{split}.tsv").read_text())
     return result
 
 
-def train_runs(params_file, # the params file (sections data, model, generator, experiment)
+def train_runs(params_file, # the params file (sections experiment, data, model, generator, phase1)
                crops, # the preprocessed corpus
                expert, # the trained expert checkpoint
                out_dir, # runs/generator: one folder per run
-              ) -> dict: # run name -> its last evaluation
-    "Train every run of the experiment (resuming any that stopped), `experiment.workers` at a time."
-    from attnwav2lip.params import load_params
-    ex = load_params(params_file).experiment
-    names = ex.runs()
-    jobs = [dict(name=n, params=str(params_file), crops=str(crops), expert=str(expert), out=str(Path(out_dir) / n)) for n in names]
-    results = dict(zip(names, in_workers(_train_one, jobs, ex.workers, ex.threads)))
-    write_json(Path(out_dir) / "metrics.json", results)
+              ) -> dict: # run name -> its last evaluation (the phase-1 runs' too)
+    "Train every run of the experiment (resuming any that stopped), `experiment.workers` at a time; with `experiment.shared_phase1`, each seed's phase 1 first."
+    from attnwav2lip.params import load_params, parse_run_name, phase1_name
+    p, out_dir, results, phase1 = load_params(params_file), Path(out_dir), {}, {}
+    ex = p.experiment
+    def job(name, variant, seed, phase1=None):
+        return dict(name=name, variant=variant, seed=seed, phase1=phase1, params=str(params_file), crops=str(crops),
+                    expert=str(expert), out=str(out_dir / name))
+    if ex.shared_phase1:
+        if p.generator.warm_start:
+            raise ValueError(f"{params_file}: generator.warm_start and experiment.shared_phase1 are both set; "
+                             "with a shared phase 1 the variants start from it (set phase1.warm_start instead)")
+        jobs = [job(phase1_name(s), None, s) for s in ex.seeds]
+        threads = ex.threads * max(1, ex.workers // len(jobs))   # fewer runs than workers: they get the idle workers' threads
+        results.update(zip([j["name"] for j in jobs], in_workers(_train_one, jobs, ex.workers, threads)))
+        phase1 = {s: str(out_dir / phase1_name(s) / "run" / "latest.pth") for s in ex.seeds}
+    runs = [(n, *parse_run_name(n)) for n in ex.runs()]
+    jobs = [job(n, v, s, phase1.get(s)) for n, v, s in runs]
+    results.update(zip([n for n, _, _ in runs], in_workers(_train_one, jobs, ex.workers, ex.threads)))
+    write_json(out_dir / "metrics.json", results)
     return results
+

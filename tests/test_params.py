@@ -49,6 +49,8 @@ def test_errors_name_the_problem(tmp_path):
         Params({"model": {"img_size": 96}}).model
     with pytest.raises(ValueError, match=r"generator.seed ← experiment.seeds"):
         Params({"generator": {"seed": 3}}).generator
+    with pytest.raises(ValueError, match=r"phase1.seed ← experiment.seeds"):
+        Params({"phase1": {"seed": 3}}).phase1
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['alpah'\] in params section 'generator'"):
         Params({"generator": {"alpah": 0.1}}).generator
     with pytest.raises(ValueError, match="alpha \\+ beta < 1"):

@@ -70,7 +70,7 @@ def same_weights(a, b):
 # ---------------------------------------------------------------- configs and params
 
 @pytest.mark.parametrize("bad", [dict(alpha_schedule="sometimes"), dict(beta=0.99, alpha=0.03), dict(amp="fp8"),
-                                 dict(batch_size=0), dict(lr=0)])
+                                 dict(batch_size=0), dict(lr=0), dict(tail_lr=0), dict(steps=10, tail_steps=11)])
 def test_bad_generator_config(bad):
     with pytest.raises(ValueError):
         GeneratorTrainConfig(**bad)
@@ -170,6 +170,44 @@ def test_warm_start_and_fine_tune_from_a_checkpoint(corpus, expert, tmp_path):
     r = train_generator(MODEL, DATA, generator_cfg(corpus, expert, steps=1, beta=0.0, alpha_schedule="fixed",
                                                      init_checkpoint=str(base / "latest.pth")), tmp_path / "f")
     assert r["step"] == 1 and RunLog(tmp_path / "f").read("train")[0]["alpha"] == 0.03
+
+
+def test_lr_tail_switches_once_and_resumes_exactly(corpus, expert, tmp_path):
+    import shutil
+    cfg = generator_cfg(corpus, expert, beta=0.0, lr=1e-3, tail_steps=2, tail_lr=1e-5, ckpt_every=1)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_generator(MODEL, DATA, cfg, straight)
+    lrs = [load_checkpoint(straight / f"checkpoint_step{s:09d}.pth")["optimizer"]["param_groups"][0]["lr"] for s in range(1, 5)]
+    assert lrs == [1e-3, 1e-3, 1e-5, 1e-5]
+    shutil.copytree(straight, split)   # a run stopped inside the tail, after step 3, resumes to the same weights
+    shutil.copy(straight / "checkpoint_step000000003.pth", split / "latest.pth")
+    (split / "checkpoint_step000000004.pth").unlink()
+    train_generator(MODEL, DATA, cfg, split)
+    assert same_weights(load_checkpoint(straight / "latest.pth")["state_dict"], load_checkpoint(split / "latest.pth")["state_dict"])
+
+
+def test_shared_phase1_trains_once_per_seed_and_every_variant_starts_from_it(corpus, expert, tmp_path):
+    from attnwav2lip.train import train_runs
+    params = tmp_path / "params.yaml"
+    params.write_text(textwrap.dedent("""
+        experiment: {variants: [none, cbam], seeds: [0, 1], workers: 1, threads: 1, shared_phase1: true}
+        preprocess: {img_size: 48}
+        model: {width: 0.0625}
+        phase1: {steps: 2, batch_size: 2, eval_every: 2, eval_batches: 1, alpha: 0.0, beta: 0.0, alpha_schedule: fixed}
+        generator: {steps: 1, batch_size: 2, eval_every: 1, eval_batches: 1, beta: 0.0}
+    """))
+    res = train_runs(params, corpus, expert, tmp_path / "runs")
+    assert sorted(res) == ["cbam-s0", "cbam-s1", "none-s0", "none-s1", "phase1-s0", "phase1-s1"]
+    assert res["phase1-s0"]["step"] == 2 and res["cbam-s1"]["step"] == 1
+    phase1 = load_checkpoint(tmp_path / "runs" / "phase1-s1" / "run" / "latest.pth")
+    assert phase1["config"]["model"]["attention"] == "none" and phase1["config"]["generator"]["alpha"] == 0.0
+    for name in ("none-s1", "cbam-s1"):
+        event = RunLog(tmp_path / "runs" / name / "run").read("event")[0]["event"]
+        assert event.startswith(f"warm start from {tmp_path / 'runs' / 'phase1-s1' / 'run' / 'latest.pth'}: loaded"), event
+    params.write_text(params.read_text().replace("beta: 0.0}\n", "beta: 0.0, warm_start: wav2lip.pth}\n"))
+    with pytest.raises(ValueError, match="generator.warm_start and experiment.shared_phase1"):
+        train_runs(params, corpus, expert, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
 
 
 def test_generator_inputs_are_checked(corpus, expert, tmp_path):
