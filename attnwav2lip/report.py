@@ -420,8 +420,7 @@ def recipe_text(root, # the runs/ folder
         base = Path(g["warm_start"]).parent / "config.yaml" if g.get("warm_start") else None
         if base is not None and base.is_file():
             b = yaml.safe_load(base.read_text())
-            text += (f", warm-started from its seed's shared phase 1 ({'Wav2Lip' if b['model']['attention'] == 'none' else b['model']['attention']}: "
-                     f"{_recipe(b['generator'])})")
+            text += f", warm-started from its seed's shared phase 1 ({VARIANT_NAMES[b['model']['attention']]}: {_recipe(b['generator'])})"
         elif base is not None: text += f", warm-started from {g['warm_start']}"
         else: text += ", from scratch"
         if text not in texts: texts.append(text)

@@ -695,8 +695,8 @@ def train_runs(params_file, # the params file (sections experiment, data, model,
     from attnwav2lip.params import load_params, parse_run_name, phase1_name
     p, out_dir, results, phase1 = load_params(params_file), Path(out_dir), {}, {}
     ex = p.experiment
-    def job(name, variant, seed, phase1=None):
-        return dict(name=name, variant=variant, seed=seed, phase1=phase1, params=str(params_file), crops=str(crops),
+    def job(name, variant, seed, start=None):   # start: the phase-1 checkpoint the run warm-starts from
+        return dict(name=name, variant=variant, seed=seed, phase1=start, params=str(params_file), crops=str(crops),
                     expert=str(expert), out=str(out_dir / name))
     if ex.shared_phase1:
         if p.generator.warm_start:
