@@ -13,6 +13,7 @@ second table: which setting lowers L1 fastest per second of training (beside the
 true upper half over the reference frame's lower half).
 
     python bench/bench_learning.py run NAME --set generator.lr=0.003 --variants none cbam --seeds 0 1 --every 250
+    python bench/bench_learning.py run NAME --set expert.steps=4800 …   # expert overrides: the study trains its own expert
     python bench/bench_learning.py report          # bench/results/learning.md and learning.png from every run so far
     python bench/bench_learning.py mouths phase1/none-s0@1200 …   # lower faces of scored checkpoints beside the real clip
     python bench/bench_learning.py gaps phase1/none-s0@1200 phase1/none-s1@1200 …   # gap closed with 95 % intervals
@@ -57,7 +58,7 @@ def _job(job):
     from attnwav2lip.train import train_generator
     runs, out = Path(job["runs"]), Path(job["out"])
     p = load_params(job["params"], job["overrides"])
-    model, data, cfg = p.generator_run(job["variant"], job["seed"], runs / "preprocess" / "crops", runs / "expert" / "run" / "latest.pth")
+    model, data, cfg = p.generator_run(job["variant"], job["seed"], runs / "preprocess" / "crops", job["expert"])
     cfg = dataclasses.replace(cfg, ckpt_every=job["every"], keep_checkpoints=0, eval_every=max(cfg.steps, 1))
     t0 = time.perf_counter()
     train_generator(model, data, cfg, out / "run")
@@ -105,6 +106,23 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}"
 
 
+EXPERT_SECTIONS = ("expert.", "expert_model.")
+
+
+def study_expert(args) -> Path:
+    "The pipeline run's expert, or, when the setting overrides the expert's sections, one trained for the study (once)."
+    own = [o for o in args.set if o.startswith(EXPERT_SECTIONS)]
+    if not own: return Path(args.runs) / "expert" / "run" / "latest.pth"
+    import torch
+    from attnwav2lip.params import load_params
+    from attnwav2lip.train import train_expert
+    run_dir = Path(args.work).resolve() / args.name / "expert" / "run"   # an existing run resumes (a finished one: no steps)
+    torch.set_num_threads(args.workers * args.threads)
+    os.chdir(ROOT)
+    train_expert(*load_params(args.params, own).expert_run(Path(args.runs).resolve() / "preprocess" / "crops"), run_dir)
+    return run_dir / "latest.pth"
+
+
 def run(args):
     done = {(r["name"], r["variant"], r["seed"]) for r in read_rows()}
     stamp = datetime.date.today().isoformat()
@@ -113,6 +131,8 @@ def run(args):
                  machine=machine(), date=stamp)
             for v in args.variants for s in args.seeds if (args.name, v, s) not in done]
     if not jobs: print("every run of this study is recorded already", file=sys.stderr); return
+    expert = study_expert(args)
+    for j in jobs: j["expert"] = str(expert)
     RESULTS.mkdir(exist_ok=True)
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.workers) as pool:
@@ -137,7 +157,7 @@ def interval(values, level=0.95):
 
 def short_override(o:str) -> str:
     "A warm start from a study checkpoint as NAME/VARIANT-s<seed>@STEP (each seed of a row starts from its own)."
-    m = re.fullmatch(r"generator\.warm_start=.*/([^/]+)/([a-z]+)-s\d+/run/checkpoint_step0*(\d+)\.pth", o)
+    m = re.fullmatch(r"generator\.warm_start=.*/([^/]+)/([a-z0-9]+)-s\d+/run/checkpoint_step0*(\d+)\.pth", o)
     return f"generator.warm_start={m[1]}/{m[2]}-s<seed>@{m[3]}" if m else o
 
 
