@@ -428,6 +428,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'attnwav2lip.models._res': ('models.html#_res', 'attnwav2lip/models.py'),
                                     'attnwav2lip.models._sequential': ('models.html#_sequential', 'attnwav2lip/models.py'),
                                     'attnwav2lip.models._sized': ('models.html#_sized', 'attnwav2lip/models.py'),
+                                    'attnwav2lip.models.copied_reference': ('models.html#copied_reference', 'attnwav2lip/models.py'),
                                     'attnwav2lip.models.fold_time': ('models.html#fold_time', 'attnwav2lip/models.py'),
                                     'attnwav2lip.models.load_checkpoint_weights': ( 'models.html#load_checkpoint_weights',
                                                                                     'attnwav2lip/models.py'),
