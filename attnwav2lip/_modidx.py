@@ -433,6 +433,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'attnwav2lip.models.load_checkpoint_weights': ( 'models.html#load_checkpoint_weights',
                                                                                     'attnwav2lip/models.py'),
                                     'attnwav2lip.models.read_state_dict': ('models.html#read_state_dict', 'attnwav2lip/models.py'),
+                                    'attnwav2lip.models.speech_encoder_from_expert': ( 'models.html#speech_encoder_from_expert',
+                                                                                       'attnwav2lip/models.py'),
                                     'attnwav2lip.models.unfold_time': ('models.html#unfold_time', 'attnwav2lip/models.py'),
                                     'attnwav2lip.models.warm_start': ('models.html#warm_start', 'attnwav2lip/models.py')},
             'attnwav2lip.params': { 'attnwav2lip.params.CorpusConfig': ('params.html#corpusconfig', 'attnwav2lip/params.py'),

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['PAPER_SIZE', 'IMG_SIZES', 'VARIANTS', 'KEPT_RESOLUTIONS', 'OUTPUTS', 'FACE_ENCODER', 'AUDIO_ENCODER', 'FACE_DECODER',
-           'SYNC_FACE_ENCODER', 'SYNC_AUDIO_ENCODER', 'DISC_ENCODER', 'ATTENTION_PREFIXES', 'ModelConfig',
-           'Conv2dBlock', 'Conv2dTransposeBlock', 'NonormConv2dBlock', 'fold_time', 'unfold_time', 'copied_reference',
-           'AttnWav2Lip', 'SyncNetColor', 'QualityDiscriminator', 'read_state_dict', 'load_checkpoint_weights',
-           'WarmStartReport', 'warm_start']
+           'SYNC_FACE_ENCODER', 'SYNC_AUDIO_ENCODER', 'DISC_ENCODER', 'ATTENTION_PREFIXES', 'EXPERT_EXTRA_AUDIO_ROW',
+           'ModelConfig', 'Conv2dBlock', 'Conv2dTransposeBlock', 'NonormConv2dBlock', 'fold_time', 'unfold_time',
+           'copied_reference', 'AttnWav2Lip', 'SyncNetColor', 'QualityDiscriminator', 'read_state_dict',
+           'load_checkpoint_weights', 'WarmStartReport', 'warm_start', 'speech_encoder_from_expert']
 
 # %% ../nbs/02_models.ipynb #a21a7ded
 import dataclasses
@@ -410,3 +410,24 @@ def warm_start(model:nn.Module, # the model to initialise, e.g. AttnWav2Lip(Mode
     shared = {k: v for k, v in sd.items() if k in own}
     model.load_state_dict(shared, strict=False)
     return WarmStartReport(len(shared), [k for k in own if k not in sd], sorted(k for k in sd if k not in own))
+
+# %% ../nbs/02_models.ipynb #e9e55ae0
+EXPERT_EXTRA_AUDIO_ROW = 11 # index of the residual row SYNC_AUDIO_ENCODER has beyond AUDIO_ENCODER
+
+def speech_encoder_from_expert(generator:AttnWav2Lip, # its speech encoder is overwritten
+                               expert:SyncNetColor, # a trained expert of the generator's speech width
+                              ) -> int: # tensors copied
+    "Copy the expert's audio tower into the generator's speech encoder, skipping the expert's one extra residual layer."
+    rows = [i for i in range(len(SYNC_AUDIO_ENCODER)) if i != EXPERT_EXTRA_AUDIO_ROW]
+    src, dst = expert.audio_encoder.state_dict(), generator.audio_encoder.state_dict()
+    mapped = {}
+    for k, v in dst.items():
+        i, rest = k.split('.', 1)
+        w = src[f"{rows[int(i)]}.{rest}"]
+        if w.shape != v.shape:
+            raise ValueError(f"the expert's audio tower (width {expert.cfg.width}) does not fit the generator's speech "
+                             f"encoder (width {generator.cfg.speech.width}): {k} is {tuple(w.shape)}, not {tuple(v.shape)}; "
+                             "set the generator's audio_width to the expert's width")
+        mapped[k] = w
+    generator.audio_encoder.load_state_dict(mapped)
+    return len(mapped)

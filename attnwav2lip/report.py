@@ -422,7 +422,7 @@ def recipe_text(root, # the runs/ folder
             b = yaml.safe_load(base.read_text())
             text += f", warm-started from its seed's shared phase 1 ({VARIANT_NAMES[b['model']['attention']]}: {_recipe(b['generator'])})"
         elif base is not None: text += f", warm-started from {g['warm_start']}"
-        else: text += ", from scratch"
+        else: text += ", from scratch" + (" but the speech encoder (the expert's audio tower)" if g.get("speech_from_expert") else "")
         if text not in texts: texts.append(text)
     return "; ".join(texts)
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .data import DataConfig, GeneratorDataset, SyncDataset
 from .models import (AttnWav2Lip, ModelConfig, QualityDiscriminator, SyncNetColor,
-                                load_checkpoint_weights, warm_start)
+                                load_checkpoint_weights, speech_encoder_from_expert, warm_start)
 from .runs import (AMP_MODES, CHECKPOINT_FORMAT, RunLog, Runtime, all_reduce, atomic_write, barrier,
                               distribute, in_workers, load_checkpoint, rng_state, save_checkpoint, seed_everything,
                               set_rng_state, setup_runtime, sync_buffers, write_json, write_png)
@@ -101,6 +101,7 @@ class GeneratorTrainConfig(LoopConfig):
     disc_lr:float = 1e-4 # Adam learning rate of the visual-quality discriminator
     expert_checkpoint:str|None = None # the trained SyncNet_color (a run's checkpoint or the official lipsync_expert.pth); required
     warm_start:str|None = None # an official Wav2Lip generator checkpoint loaded into any attention variant (new keys stay fresh)
+    speech_from_expert:bool = False # start the speech encoder from the expert's audio tower (not in the paper; needs audio_width = the expert's width)
     grid_samples:int = 4 # val samples drawn in the sample grid saved at each evaluation
 
     def __post_init__(self):
@@ -552,7 +553,11 @@ class GeneratorTrainer(DatasetTrainer):
             raise ValueError(f"expert {cfg.expert_checkpoint} judges {self.expert.cfg.img_size} px faces, "
                              f"the generator makes {model_cfg.img_size} px")
         self.model = AttnWav2Lip(model_cfg).to(rt.device)
-        self.notes = [f"warm start from {cfg.warm_start}: {warm_start(self.model, cfg.warm_start)}"] if cfg.warm_start else []
+        self.notes = []
+        if cfg.speech_from_expert:   # before a warm start, whose speech encoder (e.g. a shared phase 1's) replaces it
+            n = speech_encoder_from_expert(self.model, self.expert)
+            self.notes.append(f"speech encoder from the expert {cfg.expert_checkpoint}: {n} tensors")
+        if cfg.warm_start: self.notes.append(f"warm start from {cfg.warm_start}: {warm_start(self.model, cfg.warm_start)}")
         init = load_checkpoint(cfg.init_checkpoint) if cfg.init_checkpoint else None
         if init: load_checkpoint_weights(self.model, init)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.5, 0.999) if cfg.beta > 0 else (0.9, 0.999))

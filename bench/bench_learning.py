@@ -184,7 +184,7 @@ def report(args):
     path = RESULTS / "learning.md"
     old = path.read_text() if path.is_file() else ""
     notes = old[old.index(NOTES):] if NOTES in old else NOTES + "\n"
-    path.write_text("\n".join(lines) + "\n\n![gap closed by steps](learning.png)\n\n" + notes)
+    path.write_text("\n".join(lines) + "\n\n![gap closed by steps](learning.png)\n\nSteps count from each run's own start: a warm-started run (a phase 2) counts from 0 again, on top of its base's steps.\n\n" + notes)
     figure(groups, RESULTS / "learning.png", rows)
     print(f"wrote {path}", file=sys.stderr)
 
@@ -231,37 +231,43 @@ def recipe_table(rows) -> list:
 
 
 def figure(groups, path, rows=()):
+    "Gap closed by step (mean over seeds; the intervals are in the table) and train L1 by wall time, one style per setting."
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     cs = train_curves(rows)
-    plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)   # one colour per curve
-    fig, axes = plt.subplots(1, 3 if cs else 2, figsize=(20 if cs else 13, 7))
     curves = {}
     for (name, variant, step), rs in groups.items(): curves.setdefault((name, variant), []).append((step, rs))
-    for (name, variant), pts in sorted(curves.items()):
+    keys = sorted(set(curves) | {(n, v) for n, v, _ in cs})
+    colours = plt.get_cmap("tab20").colors
+    style = {k: dict(color=colours[i % 20], ls=("-", "--", ":", "-.")[i // 20 % 4]) for i, k in enumerate(keys)}
+    ncol = 4
+    legend_h = 0.17 * -(-len(keys) // ncol) + 0.3
+    fig, axes = plt.subplots(1, 3 if cs else 2, figsize=(20 if cs else 13, 5.5 + legend_h))
+    for key, pts in sorted(curves.items()):
         pts.sort()
-        for ax, key in zip(axes, ("gap_c", "gap_d")):
-            m = [interval([r[key] for r in rs]) for _, rs in pts]
-            ax.errorbar([s for s, _ in pts], [x for x, _ in m], [w for _, w in m], marker="o", capsize=3, label=f"{name} / {variant}")
+        for ax, metric in zip(axes, ("gap_c", "gap_d")):
+            ax.plot([s for s, _ in pts], [np.mean([r[metric] for r in rs]) for _, rs in pts], marker="o", ms=3,
+                    label=" / ".join(key), **style[key])
     import yaml
     default_steps = yaml.safe_load((ROOT / "params.yaml").read_text())["generator"]["steps"]
     for ax, t in zip(axes, ("LSE-C", "LSE-D")):
         ax.axhline(0, c="grey", lw=0.8); ax.axhline(0.6, c="k", ls=":", lw=0.8)
         ax.axvline(default_steps, c="grey", ls="--", lw=0.8)
         ax.text(default_steps, ax.get_ylim()[1], f" params.yaml: {default_steps} steps", fontsize=7, va="top", color="grey")
-        ax.set_xlabel("training step"); ax.set_ylabel(f"gap closed ({t})"); ax.set_title(f"{t}: copied = 0, real videos = 1")
-    axes[1].legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+        ax.set_xscale("symlog", linthresh=1000)
+        ax.set_xlabel("training step (linear to 1000, log beyond)"); ax.set_ylabel(f"gap closed ({t})")
+        ax.set_title(f"{t}: copied = 0, real = 1 (mean over seeds; dotted: 0.6)")
     if cs:
         for (name, variant, seed), (ov, curve, _) in sorted(cs.items()):
-            axes[2].plot([c[1] for c in curve], [c[2] for c in curve], marker=".", label=f"{name} / {variant} / s{seed}")
+            axes[2].plot([c[1] for c in curve], [c[2] for c in curve], lw=1, **style[(name, variant)])
         copy = recorded_copied_l1(rows)
         if copy: axes[2].axhline(copy, c="k", ls=":", lw=0.8)
         axes[2].axvline(RECIPE_WALL_S, c="grey", ls="--", lw=0.8)
         axes[2].set_xlabel("training wall s (two runs at a time)"); axes[2].set_ylabel("train L1")
-        axes[2].set_title("train L1 per second of training (dotted: reference copied)")
-        axes[2].legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    fig.tight_layout(); fig.savefig(path, dpi=110)
+        axes[2].set_title("train L1, one line per seed (dotted: reference copied)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / (5.5 + legend_h), 1, 1)); fig.savefig(path, dpi=110)
 
 
 def scored(work, spec:str, *parts) -> Path:
