@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PAPER_SIZE', 'IMG_SIZES', 'VARIANTS', 'KEPT_RESOLUTIONS', 'OUTPUTS', 'FACE_ENCODER', 'AUDIO_ENCODER', 'FACE_DECODER',
-           'SYNC_FACE_ENCODER', 'SYNC_AUDIO_ENCODER', 'DISC_ENCODER', 'ATTENTION_PREFIXES', 'EXPERT_EXTRA_AUDIO_ROW',
+           'SYNC_FACE_ENCODER', 'EXPERT_EXTRA_AUDIO_ROW', 'SYNC_AUDIO_ENCODER', 'DISC_ENCODER', 'ATTENTION_PREFIXES',
            'ModelConfig', 'Conv2dBlock', 'Conv2dTransposeBlock', 'NonormConv2dBlock', 'fold_time', 'unfold_time',
            'copied_reference', 'AttnWav2Lip', 'SyncNetColor', 'QualityDiscriminator', 'read_state_dict',
            'load_checkpoint_weights', 'WarmStartReport', 'warm_start', 'speech_encoder_from_expert']
@@ -161,7 +161,8 @@ SYNC_FACE_ENCODER = ([('conv', 15, 32, 7, 1, 3), ('conv', 32, 64, 5, (1, 2), 1)]
                      + [('conv', 64, 128, 3, 2, 1)] + _res(128, 3) + [('conv', 128, 256, 3, 2, 1)] + _res(256, 2)
                      + [('conv', 256, 512, 3, 2, 1)] + _res(512, 2)
                      + [('conv', 512, 512, 3, 2, 1), ('conv', 512, 512, 3, 1, 0), ('conv', 512, 512, 1, 1, 0)])
-SYNC_AUDIO_ENCODER = AUDIO_ENCODER[:11] + _res(256, 1) + AUDIO_ENCODER[11:]
+EXPERT_EXTRA_AUDIO_ROW = 11 # where the expert's audio tower has a residual row the generator's speech encoder lacks
+SYNC_AUDIO_ENCODER = AUDIO_ENCODER[:EXPERT_EXTRA_AUDIO_ROW] + _res(256, 1) + AUDIO_ENCODER[EXPERT_EXTRA_AUDIO_ROW:]
 # Visual-quality discriminator (§e): lower half of one frame, no normalisation.
 DISC_ENCODER = [
     [('nonorm', 3, 32, 7, 1, 3)],
@@ -412,8 +413,6 @@ def warm_start(model:nn.Module, # the model to initialise, e.g. AttnWav2Lip(Mode
     return WarmStartReport(len(shared), [k for k in own if k not in sd], sorted(k for k in sd if k not in own))
 
 # %% ../nbs/02_models.ipynb #e9e55ae0
-EXPERT_EXTRA_AUDIO_ROW = 11 # index of the residual row SYNC_AUDIO_ENCODER has beyond AUDIO_ENCODER
-
 def speech_encoder_from_expert(generator:AttnWav2Lip, # its speech encoder is overwritten
                                expert:SyncNetColor, # a trained expert of the generator's speech width
                               ) -> int: # tensors copied
