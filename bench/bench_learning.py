@@ -156,10 +156,29 @@ def interval(values, level=0.95):
     return float(v.mean()), float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
 
 
+WARM_START = re.compile(r"generator\.warm_start=.*/([^/]+)/([a-z0-9]+)-s(\d+)/run/checkpoint_step0*(\d+)\.pth")
+
+
 def short_override(o:str) -> str:
     "A warm start from a study checkpoint as NAME/VARIANT-s<seed>@STEP (each seed of a row starts from its own)."
-    m = re.fullmatch(r"generator\.warm_start=.*/([^/]+)/([a-z0-9]+)-s\d+/run/checkpoint_step0*(\d+)\.pth", o)
-    return f"generator.warm_start={m[1]}/{m[2]}-s<seed>@{m[3]}" if m else o
+    m = WARM_START.fullmatch(o)
+    return f"generator.warm_start={m[1]}/{m[2]}-s<seed>@{m[4]}" if m else o
+
+
+def trained_before(row, rows) -> tuple:
+    """(steps, wall s) its warm-start chain trained before a run's first step: (0, 0) from scratch. A base outside the
+    study (a pipeline run's phase 1) counts its steps; its wall time is not recorded here: None."""
+    m = next((m for m in map(WARM_START.fullmatch, row["overrides"]) if m), None)
+    if m is None: return 0, 0.0
+    step = int(m[4])
+    base = [r for r in rows if (r["name"], r["variant"], r["seed"]) == (m[1], m[2], int(m[3]))]
+    if not base: return step, None
+    steps, wall = trained_before(base[0], rows)
+    if wall is None: return steps + step, None
+    curve = max((r.get("train_curve") or [] for r in base), key=len)   # the longest one a row recorded
+    own = float(np.interp(step, [c[0] for c in curve], [c[1] for c in curve])) if curve else \
+        next(r["wall_s"] for r in base if r["step"] == step)
+    return steps + step, wall + own
 
 
 def report(args):
@@ -172,19 +191,24 @@ def report(args):
              f"{len({(r['name'], r['variant'], r['seed']) for r in rows})} runs; machine: {rows[-1]['machine']}). "
              "Gap closed = (LSE(run) − LSE(copied)) / (LSE(real) − LSE(copied)), on the pipeline's 16 test pairs, scored by "
              "its judge; mean ± 95 % t-interval over seeds where a setting has several (one seed: the value alone).", "",
-             "| study | overrides | variant | step | seeds | gap closed, LSE-C | gap closed, LSE-D | LSE-C | LSE-D | train wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "`step` counts from the run's own start, `in all` adds what its warm-start chain trained before it (a phase 2 on "
+             "top of its phase 1), as the figure's step axis does.", "",
+             "| study | overrides | variant | step | in all | seeds | gap closed, LSE-C | gap closed, LSE-D | LSE-C | LSE-D | train wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (name, variant, step), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         c, cw = interval([r["gap_c"] for r in rs]); d, dw = interval([r["gap_d"] for r in rs])
         lc, _ = interval([r["lse_c"] for r in rs]); ld, _ = interval([r["lse_d"] for r in rs])
         pm = lambda m, w: f"{m:.2f}" + (f" ± {w:.2f}" if len(rs) > 1 else "")
-        lines.append(f"| {name} | {' '.join(map(short_override, rs[0]['overrides'])) or '–'} | {variant} | {step} | {len(rs)} | {pm(c, cw)} | "
+        lines.append(f"| {name} | {' '.join(map(short_override, rs[0]['overrides'])) or '–'} | {variant} | {step} | "
+                     f"{step + trained_before(rs[0], rows)[0]} | {len(rs)} | {pm(c, cw)} | "
                      f"{pm(d, dw)} | {lc:.2f} | {ld:.2f} | {np.mean([r['wall_s'] or 0 for r in rs]):.0f} |")
     lines += ["", *recipe_table(rows)]
     path = RESULTS / "learning.md"
     old = path.read_text() if path.is_file() else ""
     notes = old[old.index(NOTES):] if NOTES in old else NOTES + "\n"
-    path.write_text("\n".join(lines) + "\n\n![gap closed by steps](learning.png)\n\nSteps count from each run's own start: a warm-started run (a phase 2) counts from 0 again, on top of its base's steps.\n\n" + notes)
+    path.write_text("\n".join(lines) + "\n\n![gap closed by steps](learning.png)\n\nSteps and wall time in the figure count "
+                    "from scratch: a warm-started run (a phase 2) is drawn from the end of its base's steps and seconds "
+                    "(the L1 panel leaves out a run whose base is a pipeline run, `phase1-s1-more`: the base's seconds are not recorded here).\n\n" + notes)
     figure(groups, RESULTS / "learning.png", rows)
     print(f"wrote {path}", file=sys.stderr)
 
@@ -246,8 +270,9 @@ def figure(groups, path, rows=()):
     fig, axes = plt.subplots(1, 3 if cs else 2, figsize=(20 if cs else 13, 5.5 + legend_h))
     for key, pts in sorted(curves.items()):
         pts.sort()
+        before = trained_before(pts[0][1][0], rows)[0]
         for ax, metric in zip(axes, ("gap_c", "gap_d")):
-            ax.plot([s for s, _ in pts], [np.mean([r[metric] for r in rs]) for _, rs in pts], marker="o", ms=3,
+            ax.plot([before + s for s, _ in pts], [np.mean([r[metric] for r in rs]) for _, rs in pts], marker="o", ms=3,
                     label=" / ".join(key), **style[key])
     import yaml
     default_steps = yaml.safe_load((ROOT / "params.yaml").read_text())["generator"]["steps"]
@@ -256,15 +281,18 @@ def figure(groups, path, rows=()):
         ax.axvline(default_steps, c="grey", ls="--", lw=0.8)
         ax.text(default_steps, ax.get_ylim()[1], f" params.yaml: {default_steps} steps", fontsize=7, va="top", color="grey")
         ax.set_xscale("symlog", linthresh=1000)
-        ax.set_xlabel("training step (linear to 1000, log beyond)"); ax.set_ylabel(f"gap closed ({t})")
+        ax.set_xlabel("training steps from scratch (linear to 1000, log beyond)"); ax.set_ylabel(f"gap closed ({t})")
         ax.set_title(f"{t}: copied = 0, real = 1 (mean over seeds; dotted: 0.6)")
     if cs:
-        for (name, variant, seed), (ov, curve, _) in sorted(cs.items()):
-            axes[2].plot([c[1] for c in curve], [c[2] for c in curve], lw=1, **style[(name, variant)])
+        for (name, variant, seed), (ov, curve, last) in sorted(cs.items()):
+            before = trained_before(last, rows)[1]
+            if before is None: continue   # its base's wall time is not recorded
+            axes[2].plot([before + c[1] for c in curve], [c[2] for c in curve], lw=1, **style[(name, variant)])
         copy = recorded_copied_l1(rows)
         if copy: axes[2].axhline(copy, c="k", ls=":", lw=0.8)
         axes[2].axvline(RECIPE_WALL_S, c="grey", ls="--", lw=0.8)
-        axes[2].set_xlabel("training wall s (two runs at a time)"); axes[2].set_ylabel("train L1")
+        axes[2].set_xscale("symlog", linthresh=1000)
+        axes[2].set_xlabel("training wall s from scratch, two runs at a time (linear to 1000, log beyond)"); axes[2].set_ylabel("train L1")
         axes[2].set_title("train L1, one line per seed (dotted: reference copied)")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, legend_h / (5.5 + legend_h), 1, 1)); fig.savefig(path, dpi=110)
