@@ -166,19 +166,18 @@ def short_override(o:str) -> str:
 
 
 def trained_before(row, rows) -> tuple:
-    """(steps, wall s) its warm-start chain trained before a run's first step: (0, 0) from scratch. A base outside the
-    study (a pipeline run's phase 1) counts its steps; its wall time is not recorded here: None."""
+    """(steps, wall s) its warm-start chain trained before a run's first step: (0, 0) from scratch. A base whose
+    seconds are not recorded here (a pipeline run's phase 1) counts its steps, and None for the wall time."""
     m = next((m for m in map(WARM_START.fullmatch, row["overrides"]) if m), None)
     if m is None: return 0, 0.0
-    step = int(m[4])
-    base = [r for r in rows if (r["name"], r["variant"], r["seed"]) == (m[1], m[2], int(m[3]))]
-    if not base: return step, None
+    step, key = int(m[4]), (m[1], m[2], int(m[3]))
+    base = [r for r in rows if (r["name"], r["variant"], r["seed"]) == key]
+    curve = train_curves(base).get(key)
+    if curve is None: return step, None
     steps, wall = trained_before(base[0], rows)
     if wall is None: return steps + step, None
-    curve = max((r.get("train_curve") or [] for r in base), key=len)   # the longest one a row recorded
-    own = float(np.interp(step, [c[0] for c in curve], [c[1] for c in curve])) if curve else \
-        next(r["wall_s"] for r in base if r["step"] == step)
-    return steps + step, wall + own
+    own = np.interp(step, [c[0] for c in curve[1]], [c[1] for c in curve[1]])
+    return steps + step, wall + float(own)
 
 
 def report(args):
@@ -208,7 +207,7 @@ def report(args):
     notes = old[old.index(NOTES):] if NOTES in old else NOTES + "\n"
     path.write_text("\n".join(lines) + "\n\n![gap closed by steps](learning.png)\n\nSteps and wall time in the figure count "
                     "from scratch: a warm-started run (a phase 2) is drawn from the end of its base's steps and seconds "
-                    "(the L1 panel leaves out a run whose base is a pipeline run, `phase1-s1-more`: the base's seconds are not recorded here).\n\n" + notes)
+                    "(the L1 panel leaves out a run whose base's seconds are not recorded here: a pipeline run's phase 1).\n\n" + notes)
     figure(groups, RESULTS / "learning.png", rows)
     print(f"wrote {path}", file=sys.stderr)
 
