@@ -24,7 +24,7 @@ from .attention import ATTENTION_MODES, ResidualAttention
 
 # %% ../nbs/02_models.ipynb #63401a97
 PAPER_SIZE = 96 # face-crop side of the paper and the released checkpoints
-IMG_SIZES = (96, 48) # supported crop sides: the feature maps of every network end at 1×1 for these
+IMG_SIZES = (96, 48, 24) # supported crop sides: each halving fewer than the paper's skips one down-sampling
 VARIANTS = ('none',) + ATTENTION_MODES # generator variants: Wav2Lip, CattnWav2Lip, SattnWav2Lip, AttnWav2Lip
 KEPT_RESOLUTIONS = ('bottom', 'top') # where a generator below 96 px keeps a resolution instead of halving it
 OUTPUTS = ('sigmoid', 'residual') # generator heads: official, or a correction of the copied reference
@@ -32,12 +32,12 @@ OUTPUTS = ('sigmoid', 'residual') # generator heads: official, or a correction o
 @dataclass
 class ModelConfig:
     "Size and attention variant of the generator, the expert and the discriminator (stored in checkpoints)."
-    img_size:int=96 # face-crop side in pixels: 96 (paper, checkpoint compatible) or 48 (CPU scale)
+    img_size:int=96 # face-crop side in pixels: 96 (paper, checkpoint compatible), 48 (CPU scale) or 24
     width:float=1.0 # multiplier on every official channel count; a multiple of 1/16 (1.0 = paper)
     attention:str='none' # generator variant: 'none' (Wav2Lip), 'channel', 'spatial' or 'cbam' (AttnWav2Lip)
     reduction:int=16 # r of the channel-attention MLP (CBAM's 16; the paper does not say)
     spatial_kernel:int=7 # spatial-attention kernel (the paper's 7×7; 3×3 where a map is smaller than it)
-    kept_resolution:str='bottom' # below 96 px, the generator stage that does not halve: 'bottom' (3×3) or 'top' (48×48)
+    kept_resolution:str='bottom' # below 96 px, the generator stages that do not halve: 'bottom' (3×3) or 'top' (full size)
     audio_width:float|None=None # multiplier of the generator's speech-encoder channels (None: `width`); a multiple of 1/16
     output:str='sigmoid' # generator head: 'sigmoid' (official) or 'residual' (not in the paper; see `copied_reference`)
 
@@ -182,15 +182,19 @@ def _make_layer(kind, cin, cout, k, s, p):
 
 def _sized(blocks:list, # blocks of official rows (a list of rows is one block)
            cfg:ModelConfig, # target size
-           stride1_at:tuple|None=None, # (block, row) whose stride becomes 1 when cfg.img_size is not the paper's
+           stride1_at:tuple=(), # (block, row) positions, in order, whose stride becomes 1, one per halving below the paper size; () for the mel path
            scale_input:bool=False, # scale the first row's input channels too (not for image/mel inputs)
           ) -> list: # blocks of rows sized for `cfg`
-    "Official layer rows → rows for `cfg`: channel counts × width, one stride set to 1 below the paper size."
+    "Official layer rows → rows for `cfg`: channel counts × width, one stride set to 1 per halving below the paper size."
+    halvings = (PAPER_SIZE // cfg.img_size).bit_length() - 1
+    if stride1_at and len(stride1_at) < halvings:
+        raise ValueError(f"{cfg.img_size} px needs {halvings} strides set to 1, only {len(stride1_at)} positions given")
+    kept = set(stride1_at[:halvings])
     out = []
     for b, block in enumerate(blocks):
         rows = []
         for i, (kind, cin, cout, k, s, p) in enumerate(block):
-            if cfg.img_size != PAPER_SIZE and (b, i) == stride1_at: s = 1
+            if (b, i) in kept: s = 1
             rows.append((kind, cin if (b, i) == (0, 0) and not scale_input else cfg.channels(cin), cfg.channels(cout), k, s, p))
         out.append(rows)
     return out
@@ -235,8 +239,8 @@ class AttnWav2Lip(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
         bottom = cfg.kept_resolution == 'bottom'
-        encoder = _sized(FACE_ENCODER, cfg, stride1_at=(5, 0) if bottom else (1, 0))
-        decoder = _sized(FACE_DECODER, cfg, stride1_at=(2, 0) if bottom else (6, 0), scale_input=True)
+        encoder = _sized(FACE_ENCODER, cfg, ((5, 0), (4, 0)) if bottom else ((1, 0), (2, 0)))
+        decoder = _sized(FACE_DECODER, cfg, ((2, 0), (3, 0)) if bottom else ((6, 0), (5, 0)), scale_input=True)
         kind, _, cout, k, s, p = decoder[0][0]
         decoder[0][0] = (kind, cfg.speech.channels(512), cout, k, s, p)   # decoder block 0 reads the speech embedding
         self.face_encoder_blocks = nn.ModuleList(_sequential(rows) for rows in encoder)
@@ -298,7 +302,7 @@ class SyncNetColor(nn.Module):
                 ):
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
-        self.face_encoder = _sequential(_sized([SYNC_FACE_ENCODER], cfg, stride1_at=(0, 14))[0])
+        self.face_encoder = _sequential(_sized([SYNC_FACE_ENCODER], cfg, ((0, 14), (0, 11)))[0])
         self.audio_encoder = _sequential(_sized([SYNC_AUDIO_ENCODER], cfg)[0])
 
     def forward(self, audio:torch.Tensor, # mel windows (B, 1, 80, 16)
@@ -320,7 +324,7 @@ class QualityDiscriminator(nn.Module):
                 ):
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
-        self.face_encoder_blocks = nn.ModuleList(_sequential(rows) for rows in _sized(DISC_ENCODER, cfg, stride1_at=(5, 0)))
+        self.face_encoder_blocks = nn.ModuleList(_sequential(rows) for rows in _sized(DISC_ENCODER, cfg, ((5, 0), (4, 0))))
         self.binary_pred = nn.Sequential(nn.Conv2d(cfg.channels(512), 1, 1, 1, 0), nn.Sigmoid())
 
     def forward(self, faces:torch.Tensor # faces (B, 3, T, S, S) or (N, 3, S, S), BGR in [0, 1]

@@ -14,6 +14,7 @@ true upper half over the reference frame's lower half).
 
     python bench/bench_learning.py run NAME --set generator.lr=0.003 --variants none cbam --seeds 0 1 --every 250
     python bench/bench_learning.py run NAME --set expert.steps=4800 …   # expert overrides: the study trains its own expert
+    python bench/bench_learning.py run NAME --set preprocess.img_size=24 …   # another crop size: the run's crops resized, its own expert
     python bench/bench_learning.py report          # bench/results/learning.md and learning.png from every run so far
     python bench/bench_learning.py mouths phase1/none-s0@1200 …   # lower faces of scored checkpoints beside the real clip
     python bench/bench_learning.py gaps phase1/none-s0@1200 phase1/none-s1@1200 …   # gap closed with 95 % intervals
@@ -107,11 +108,11 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}"
 
 
-EXPERT_SECTIONS = ("expert.", "expert_model.")
+EXPERT_SECTIONS = ("expert.", "expert_model.", "preprocess.img_size")   # the expert judges crops of that size
 
 
 def study_expert(args) -> Path:
-    "The pipeline run's expert, or, when the setting overrides the expert's sections, one trained for the study (once)."
+    "The pipeline run's expert, or, when the setting overrides the expert's sections or the crop size, one trained for the study (once)."
     own = [o for o in args.set if o.startswith(EXPERT_SECTIONS)]
     if not own: return Path(args.runs) / "expert" / "run" / "latest.pth"
     import torch

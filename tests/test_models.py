@@ -109,13 +109,14 @@ def test_unreadable_checkpoints(tmp_path):
         load_checkpoint_weights(model, tmp_path / 'empty.pth')
 
 
+@pytest.mark.parametrize("size", [48, 24])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_variant_forward_backward_cpu(variant):
+def test_variant_forward_backward_cpu(variant, size):
     torch.manual_seed(0)
-    g = AttnWav2Lip(ModelConfig(attention=variant, **SMALL))
-    audio, faces = torch.randn(2, 5, 1, 80, 16), torch.rand(2, 6, 5, 48, 48)
+    g = AttnWav2Lip(ModelConfig(attention=variant, img_size=size, width=0.25))
+    audio, faces = torch.randn(2, 5, 1, 80, 16), torch.rand(2, 6, 5, size, size)
     out = g(audio, faces)
-    assert out.shape == (2, 3, 5, 48, 48) and bool(((out > 0) & (out < 1)).all())
+    assert out.shape == (2, 3, 5, size, size) and bool(((out > 0) & (out < 1)).all())
     (out - faces[:, :3]).abs().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in g.parameters())
     blocks = [] if g.encoder_attention is None else [*g.encoder_attention, *g.decoder_attention]
@@ -170,17 +171,17 @@ def test_warm_start_report(tmp_path):
         warm_start(AttnWav2Lip(ModelConfig(attention='cbam', img_size=48, width=0.5)), wav2lip.state_dict())
 
 
-@pytest.mark.parametrize("width", [0.25, 0.5])
-def test_small_expert_and_discriminator(width):
-    cfg = ModelConfig(img_size=48, width=width)
+@pytest.mark.parametrize("size,width", [(48, 0.25), (48, 0.5), (24, 0.25)])
+def test_small_expert_and_discriminator(size, width):
+    cfg = ModelConfig(img_size=size, width=width)
     sync = SyncNetColor(cfg)
-    a, v = sync(torch.randn(3, 1, 80, 16), torch.rand(3, 15, 24, 48))
+    a, v = sync(torch.randn(3, 1, 80, 16), torch.rand(3, 15, size // 2, size))
     assert a.shape == v.shape == (3, round(512 * width))
     torch.testing.assert_close(v.norm(dim=1), torch.ones(3))
     assert bool((a >= 0).all() and (v >= 0).all())
     disc = QualityDiscriminator(cfg)
-    assert disc(torch.rand(2, 3, 5, 48, 48)).shape == (10, 1)
-    p = disc(torch.rand(2, 3, 5, 48, 48))
+    assert disc(torch.rand(2, 3, 5, size, size)).shape == (10, 1)
+    p = disc(torch.rand(2, 3, 5, size, size))
     assert bool(((p > 0) & (p < 1)).all())
 
 
