@@ -179,10 +179,8 @@ def test_small_expert_and_discriminator(size, width):
     assert a.shape == v.shape == (3, round(512 * width))
     torch.testing.assert_close(v.norm(dim=1), torch.ones(3))
     assert bool((a >= 0).all() and (v >= 0).all())
-    disc = QualityDiscriminator(cfg)
-    assert disc(torch.rand(2, 3, 5, size, size)).shape == (10, 1)
-    p = disc(torch.rand(2, 3, 5, size, size))
-    assert bool(((p > 0) & (p < 1)).all())
+    p = QualityDiscriminator(cfg)(torch.rand(2, 3, 5, size, size))
+    assert p.shape == (10, 1) and bool(((p > 0) & (p < 1)).all())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
