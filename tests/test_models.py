@@ -113,7 +113,7 @@ def test_unreadable_checkpoints(tmp_path):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_forward_backward_cpu(variant, size):
     torch.manual_seed(0)
-    g = AttnWav2Lip(ModelConfig(attention=variant, img_size=size, width=0.25))
+    g = AttnWav2Lip(ModelConfig(attention=variant, **{**SMALL, "img_size": size}))
     audio, faces = torch.randn(2, 5, 1, 80, 16), torch.rand(2, 6, 5, size, size)
     out = g(audio, faces)
     assert out.shape == (2, 3, 5, size, size) and bool(((out > 0) & (out < 1)).all())
