@@ -7,7 +7,7 @@ L = (1 − α − β)·L1 + α·L_sync (frozen expert) + β·L_gen, backward, Ad
 timed apart: the frame cache rows). Settings are timed in turns, after warm-up rounds, and the median is reported;
 "× previous" is samples/s relative to the first row of the same network.
 
-    python bench/bench_train.py              # writes bench/results/training_throughput.md
+    python bench/bench_train.py              # writes bench/results/training_throughput.md (its notes are kept)
 """
 import argparse
 import datetime
@@ -30,6 +30,7 @@ from attnwav2lip.train import ExpertTrainConfig, ExpertTrainer, GeneratorTrainCo
 from _machine import cpu_name
 
 RESULTS = Path(__file__).parent / "results"
+NOTES = "<!-- notes: kept when the tables are regenerated -->"
 T, S = 5, 48
 
 
@@ -201,8 +202,10 @@ steps after {a.warmup} warm-up rounds, settings timed in turns. "× previous" co
 its table, the plain fp32 eager step of the previous default (the generator's `kept_resolution='top'`).
 
 {body}"""
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(text)
+    out = Path(a.out)
+    old = out.read_text() if out.exists() else ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n" + (old[old.index(NOTES):] if NOTES in old else NOTES + "\n"))
     print(f"wrote {a.out}", file=sys.stderr)
 
 
