@@ -27,6 +27,7 @@ from attnwav2lip.judge import judge_lse_config, load_judge
 from attnwav2lip.lse import lse_scores_av, read_audio_int16, read_video_frames
 
 from _machine import cpu_name
+from _results import write_keeping_notes
 from bench_learning import gap
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,8 +94,7 @@ def main(argv=None):
         "The 16 test clips with their own audio, the lower half of the face box degraded as each row says (means over "
         "the clips). Gap closed is the report's: 0 = the copied-frames baseline, 1 = the real clips as the pipeline scored them.", "",
         table, ""])
-    old = Path(a.out).read_text() if Path(a.out).is_file() else ""
-    Path(a.out).write_text(text + "\n" + (old[old.index(NOTES):] if NOTES in old else NOTES + "\n"))
+    write_keeping_notes(a.out, text + "\n", NOTES)
     print(f"wrote {a.out}")
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from _machine import cpu_name
+from _results import write_keeping_notes
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -204,11 +205,9 @@ def report(args):
                      f"{pm(d, dw)} | {lc:.2f} | {ld:.2f} | {np.mean([r['wall_s'] or 0 for r in rs]):.0f} |")
     lines += ["", *recipe_table(rows)]
     path = RESULTS / "learning.md"
-    old = path.read_text() if path.is_file() else ""
-    notes = old[old.index(NOTES):] if NOTES in old else NOTES + "\n"
-    path.write_text("\n".join(lines) + "\n\n![gap closed by steps](learning.png)\n\nSteps and wall time in the figure count "
-                    "from scratch: a warm-started run (a phase 2) is drawn from the end of its base's steps and seconds "
-                    "(the L1 panel leaves out a run whose base's seconds are not recorded here: a pipeline run's phase 1).\n\n" + notes)
+    write_keeping_notes(path, "\n".join(lines) + "\n\n![gap closed by steps](learning.png)\n\nSteps and wall time in the figure count "
+                        "from scratch: a warm-started run (a phase 2) is drawn from the end of its base's steps and seconds "
+                        "(the L1 panel leaves out a run whose base's seconds are not recorded here: a pipeline run's phase 1).\n\n", NOTES)
     figure(groups, RESULTS / "learning.png", rows)
     print(f"wrote {path}", file=sys.stderr)
 
@@ -363,7 +362,7 @@ def main(argv=None):
     m.add_argument("--work", default="/tmp/attnwav2lip-learning")
     m.add_argument("--frames", type=int, default=8)
     m.add_argument("--out", default="learning_mouths.png", help="file name under bench/results/")
-    g = sub.add_parser("gaps", help="gap closed of scored checkpoints with 95 % intervals over seeds and test videos")
+    g = sub.add_parser("gaps", help="gap closed of scored checkpoints with 95 %% intervals over seeds and test videos")
     g.add_argument("checkpoints", nargs="+", metavar="NAME/VARIANT-sSEED@STEP")
     g.add_argument("--runs", default=ROOT / "runs", help="the pipeline run the checkpoints were scored against")
     g.add_argument("--work", default="/tmp/attnwav2lip-learning")

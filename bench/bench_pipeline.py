@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from _machine import cpu_name
+from _results import write_keeping_notes
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "pipeline.md"
@@ -55,8 +56,7 @@ def main(argv=None):
         "**Total: %d min %02d s wall**; " % divmod(round(total), 60) + f"largest stage process {rss:.2f} GB resident. "
         f"Second `dvc repro`: {'nothing to do' if 'up to date' in again and 'Running stage' not in again else 'RAN STAGES'}.", "",
         "| stage | wall s (including its papermill kernel start) |", "|---|---|", *rows, ""])
-    notes = OUT.read_text().split(NOTES, 1)[1] if OUT.exists() and NOTES in OUT.read_text() else "\n"
-    OUT.write_text(text + "\n" + NOTES + notes)
+    write_keeping_notes(OUT, text + "\n", NOTES)
     print(text)
 
 

@@ -28,6 +28,7 @@ from attnwav2lip.runs import Runtime, save_checkpoint
 from attnwav2lip.train import ExpertTrainConfig, ExpertTrainer, GeneratorTrainConfig, GeneratorTrainer
 
 from _machine import cpu_name
+from _results import write_keeping_notes
 
 RESULTS = Path(__file__).parent / "results"
 NOTES = "<!-- notes: kept when the tables are regenerated -->"
@@ -202,10 +203,7 @@ steps after {a.warmup} warm-up rounds, settings timed in turns. "× previous" co
 its table, the plain fp32 eager step of the previous default (the generator's `kept_resolution='top'`).
 
 {body}"""
-    out = Path(a.out)
-    old = out.read_text() if out.exists() else ""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n" + (old[old.index(NOTES):] if NOTES in old else NOTES + "\n"))
+    write_keeping_notes(a.out, text + "\n", NOTES)
     print(f"wrote {a.out}", file=sys.stderr)
 
 
